@@ -1,0 +1,105 @@
+//! One start of a run on one slot: who it is (`Attempt`), and the records it leaves in
+//! the store so that `inspect` can draw the run's timeline.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::RunId;
+use crate::manifest::JobIds;
+use crate::store::{PutOutcome, Store};
+
+/// Everything a manifest or attempt record says about where it was written.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub run: RunId,
+    pub number: u64,
+    pub host: String,
+    pub device: String,
+    pub htcondor: JobIds,
+    /// Unique per process; lets a manifest read-back tell two writers apart.
+    pub writer: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartRecord {
+    pub format: u32,
+    pub run_id: String,
+    pub attempt: u64,
+    pub host: String,
+    pub device: String,
+    pub started: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_damaged: Vec<u64>,
+    pub restore_seconds: f64,
+    pub vacate_window_seconds: f64,
+    pub vacate_window_source: String,
+    #[serde(default, skip_serializing_if = "JobIds::is_empty")]
+    pub htcondor: JobIds,
+    pub baton_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ending {
+    /// The command exited 0 and the final checkpoint is durable.
+    Completed,
+    /// The command exited with a non-zero code (not the checkpoint code).
+    Failed,
+    /// The command died from a signal baton did not forward.
+    Killed,
+    /// baton received an eviction signal.
+    Evicted,
+    /// baton itself failed (store unreachable, capture failed).
+    BatonError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndRecord {
+    pub format: u32,
+    pub attempt: u64,
+    pub ended: f64,
+    pub ending: Ending,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Seqs captured during this attempt, and which of them became durable.
+    pub committed: Vec<u64>,
+    pub durable: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_seconds: Option<f64>,
+    /// Seconds from the eviction signal until the command had exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Take the next free attempt number by writing its start record create-only.
+pub async fn reserve(store: &Store, run: &RunId, mut record: StartRecord) -> anyhow::Result<u64> {
+    let existing = store.list_attempts(run).await?;
+    let mut n = existing.last().map(|(n, _)| n + 1).unwrap_or(1);
+    for _ in 0..16 {
+        record.attempt = n;
+        let body = serde_json::to_vec_pretty(&record)?;
+        if store.put_attempt_start(run, n, body.into()).await? == PutOutcome::Created {
+            return Ok(n);
+        }
+        n += 1;
+    }
+    anyhow::bail!("could not reserve an attempt number for run {run}: too many concurrent starts")
+}

@@ -1,0 +1,35 @@
+//! `baton commit`: called by the trainer to say "this checkpoint is complete".
+
+use crate::commit::{self, Request};
+use crate::error::{usage, ExitCode, Failure};
+
+/// Tell the supervising `baton run` that the checkpoint directory holds a complete checkpoint.
+#[derive(clap::Args)]
+#[command(long_about = "Tell the supervising `baton run` that the checkpoint directory now holds a \
+complete checkpoint. Returns once baton has captured the files; after that the trainer may \
+overwrite them. Only works inside a command started by `baton run` (it needs $BATON_SOCKET).")]
+pub struct Args {
+    /// Epoch the checkpoint belongs to (e.g. epochs completed).
+    #[arg(long)]
+    epoch: Option<u64>,
+    /// Step within the epoch, or global step.
+    #[arg(long)]
+    step: Option<u64>,
+    /// Extra metadata recorded in the manifest, KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = super::parse_kv)]
+    meta: Vec<(String, String)>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let socket = std::env::var(commit::ENV_SOCKET).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
+        usage("baton commit must be run by a command started with `baton run` ($BATON_SOCKET is not set)")
+    })?;
+    let req = Request { epoch: a.epoch, step: a.step, meta: a.meta.into_iter().collect() };
+    let reply = commit::send(&socket, &req).await?;
+    if reply.ok {
+        tracing::debug!("committed checkpoint {}", reply.seq.unwrap_or(0));
+        Ok(0)
+    } else {
+        Err(Failure::new(ExitCode::Checkpoint, format!("commit failed: {}", reply.error.unwrap_or_default())).into())
+    }
+}

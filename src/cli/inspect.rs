@@ -1,0 +1,211 @@
+//! `baton inspect`: what is in a store, a run, or a checkpoint.
+
+use serde::Serialize;
+
+use super::StoreArg;
+use crate::attempt::{EndRecord, StartRecord};
+use crate::error::{ExitCode, Failure};
+use crate::identity::RunId;
+use crate::manifest::Manifest;
+use crate::restore::load_manifest;
+use crate::store::Store;
+
+/// Show the runs in a store, the checkpoints and attempts of a run, or one checkpoint's files.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  baton inspect                 runs in the store\n  baton inspect RUN             checkpoints and attempts of RUN\n  baton inspect RUN 7 --json    files of checkpoint 7, as JSON")]
+pub struct Args {
+    #[command(flatten)]
+    store: StoreArg,
+    #[arg(value_parser = super::parse_run_id)]
+    run: Option<RunId>,
+    /// A checkpoint seq of RUN.
+    checkpoint: Option<u64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct RunSummary {
+    run_id: String,
+    checkpoints: usize,
+    latest_seq: Option<u64>,
+    attempts: usize,
+}
+
+#[derive(Serialize)]
+struct CheckpointRow {
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<Manifest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AttemptRow {
+    attempt: u64,
+    start: Option<StartRecord>,
+    end: Option<EndRecord>,
+}
+
+#[derive(Serialize)]
+struct RunDetail {
+    run_id: String,
+    checkpoints: Vec<CheckpointRow>,
+    attempts: Vec<AttemptRow>,
+}
+
+pub fn fmt_time(unix: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn fmt_bytes(n: u64) -> String {
+    let units = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+async fn attempts(store: &Store, run: &RunId) -> anyhow::Result<Vec<AttemptRow>> {
+    let mut rows = Vec::new();
+    for (n, has_end) in store.list_attempts(run).await? {
+        let start = store.get_attempt(run, n, false).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let end = if has_end {
+            store.get_attempt(run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok())
+        } else {
+            None
+        };
+        rows.push(AttemptRow { attempt: n, start, end });
+    }
+    Ok(rows)
+}
+
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let store = a.store.open()?;
+    match (a.run, a.checkpoint) {
+        (None, _) => list_runs(&store, a.json).await,
+        (Some(run), None) => show_run(&store, &run, a.json).await,
+        (Some(run), Some(seq)) => show_checkpoint(&store, &run, seq, a.json).await,
+    }
+}
+
+async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
+    let mut out = Vec::new();
+    for run in store.list_runs().await? {
+        let seqs = store.list_manifests(&run).await?;
+        let attempts = store.list_attempts(&run).await?.len();
+        out.push(RunSummary { run_id: run.to_string(), checkpoints: seqs.len(), latest_seq: seqs.last().copied(), attempts });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if out.is_empty() {
+        println!("no runs in {}", store.url());
+    } else {
+        println!("{:<40} {:>11} {:>7} {:>8}", "RUN", "CHECKPOINTS", "LATEST", "ATTEMPTS");
+        for r in &out {
+            println!("{:<40} {:>11} {:>7} {:>8}", r.run_id, r.checkpoints, opt(r.latest_seq), r.attempts);
+        }
+    }
+    Ok(0)
+}
+
+async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32> {
+    let seqs = store.list_manifests(run).await?;
+    let attempts = attempts(store, run).await?;
+    if seqs.is_empty() && attempts.is_empty() {
+        return Err(Failure::new(ExitCode::Usage, format!("no run {run} in {}; `baton inspect` lists the runs", store.url())).into());
+    }
+    let mut checkpoints = Vec::new();
+    for seq in seqs {
+        match load_manifest(store, run, seq).await {
+            Ok(m) => checkpoints.push(CheckpointRow { seq, manifest: Some(m), error: None }),
+            Err(e) => checkpoints.push(CheckpointRow { seq, manifest: None, error: Some(format!("{e:#}")) }),
+        }
+    }
+    let detail = RunDetail { run_id: run.to_string(), checkpoints, attempts };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+        return Ok(0);
+    }
+    println!("run {run} in {}", store.url());
+    println!(
+        "\n{:>5} {:>6} {:>7} {:<16} {:<20} {:<24} {:>9} {:>9} {:>9}",
+        "SEQ", "EPOCH", "STEP", "REASON", "TIME", "DEVICE", "LOGICAL", "NEW", "STORED"
+    );
+    for c in &detail.checkpoints {
+        match &c.manifest {
+            Some(m) => println!(
+                "{:>5} {:>6} {:>7} {:<16} {:<20} {:<24} {:>9} {:>9} {:>9}",
+                m.seq,
+                opt(m.epoch),
+                opt(m.step),
+                m.reason.to_string(),
+                fmt_time(m.created),
+                m.device,
+                fmt_bytes(m.sizes.logical_bytes),
+                fmt_bytes(m.sizes.new_bytes),
+                fmt_bytes(m.sizes.stored_bytes)
+            ),
+            None => println!("{:>5} DAMAGED: {}", c.seq, c.error.as_deref().unwrap_or("")),
+        }
+    }
+    println!("\n{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} {}", "ATTEMPT", "HOST", "STARTED", "DEVICE", "RESTORED", "ENDING", "STATUS", "COMMITTED/DURABLE");
+    for a in &detail.attempts {
+        let (host, started, device, restored) = match &a.start {
+            Some(s) => (s.host.clone(), fmt_time(s.started), s.device.clone(), opt(s.restored_seq)),
+            None => ("?".into(), "?".into(), "?".into(), "?".into()),
+        };
+        let (ending, status, commits) = match &a.end {
+            Some(e) => (
+                format!("{:?}", e.ending).to_lowercase(),
+                e.exit_code.map(|c| c.to_string()).or(e.signal.map(|s| format!("sig{s}"))).unwrap_or_else(|| "-".into()),
+                format!("{:?}/{:?}", e.committed, e.durable),
+            ),
+            None => ("no record".into(), "-".into(), "-".into()),
+        };
+        println!("{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} {}", a.attempt, host, started, device, restored, ending, status, commits);
+    }
+    Ok(0)
+}
+
+async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> anyhow::Result<i32> {
+    let m = load_manifest(store, run, seq).await.map_err(|e| Failure::new(ExitCode::Store, format!("{e:#}")))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(0);
+    }
+    println!("run {} checkpoint {} ({}), attempt {}", m.run_id, m.seq, m.reason, m.attempt);
+    println!("  created  {}", fmt_time(m.created));
+    println!("  epoch    {}   step {}", opt(m.epoch), opt(m.step));
+    for (k, v) in &m.meta {
+        println!("  meta     {k}={v}");
+    }
+    println!("  written  on {} ({})", m.host, m.device);
+    if let Some(g) = &m.htcondor.global_job_id {
+        println!("  job      {g}");
+    }
+    let s = &m.sizes;
+    println!(
+        "  sizes    {} logical, {} new, {} stored; capture {:.2} s, upload {:.2} s",
+        fmt_bytes(s.logical_bytes),
+        fmt_bytes(s.new_bytes),
+        fmt_bytes(s.stored_bytes),
+        s.capture_seconds,
+        s.upload_seconds
+    );
+    println!("\n{:>10} {:>6} {:>6}  {:<64}  PATH", "SIZE", "MODE", "CHUNKS", "SHA256");
+    for f in &m.files {
+        println!("{:>10} {:>6o} {:>6}  {:<64}  {}", f.size, f.mode, f.chunks.len(), f.sha256, f.path);
+    }
+    Ok(0)
+}

@@ -1,0 +1,146 @@
+//! The command line: flags, help, logging and printing. The engine modules return data;
+//! only this module talks to the user.
+
+mod commit;
+mod inspect;
+mod prune;
+mod restore;
+mod run;
+mod verify;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{exit_code_of, usage};
+use crate::store::{Store, StoreUrl};
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Checkpoint-aware training wrapper for preemptible slots",
+    long_about = "baton runs a training command so that evictions cost minutes, not days: it restores \
+the newest valid checkpoint before the command starts, uploads each committed checkpoint in the \
+background (sha256, zstd, content-addressed chunks), and on eviction lets the trainer save, \
+flushes what is not yet durable and exits before the hard kill.\n\n\
+Typical HTCondor use:  executable = baton\n                      arguments = run --store s3://bucket/ckpt -- python3 train.py",
+    after_help = "Store URLs: a path or file:///path (the default store is a local directory), s3://bucket/prefix \
+(AWS_* variables, AWS_ENDPOINT_URL for non-AWS servers). Default: $BATON_STORE, else ~/.local/share/baton/store.\n\
+Docs: docs/protocol.md (trainer side), docs/store.md (layout), docs/exit-codes.md."
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). Logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct StoreArg {
+    /// Where checkpoints live: a path, file:///path or s3://bucket/prefix.
+    #[arg(long, env = "BATON_STORE", value_name = "URL")]
+    store: Option<String>,
+}
+
+impl StoreArg {
+    pub fn url(&self) -> anyhow::Result<StoreUrl> {
+        match &self.store {
+            Some(s) => StoreUrl::parse(s).map_err(usage),
+            None => Ok(StoreUrl::Dir(default_store_dir())),
+        }
+    }
+
+    pub fn open(&self) -> anyhow::Result<Store> {
+        Store::open(&self.url()?)
+    }
+}
+
+fn default_store_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(d).join("baton/store");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => std::path::PathBuf::from(h).join(".local/share/baton/store"),
+        None => std::path::PathBuf::from("baton-store"),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(run::Args),
+    Inspect(inspect::Args),
+    Verify(verify::Args),
+    Restore(restore::Args),
+    Prune(prune::Args),
+    Commit(commit::Args),
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("baton={level},warn")));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("baton: cannot start: {e}");
+            return 1;
+        }
+    };
+    // A current-thread runtime keeps the event loop, and every fork, on the main thread:
+    // the command's parent-death signal is tied to the thread that forked it.
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(a) => run::run(a).await,
+            Command::Inspect(a) => inspect::run(a).await,
+            Command::Verify(a) => verify::run(a).await,
+            Command::Restore(a) => restore::run(a).await,
+            Command::Prune(a) => prune::run(a).await,
+            Command::Commit(a) => commit::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton: error: {e:#}");
+            exit_code_of(&e)
+        }
+    }
+}
+
+/// Parse `K=V`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?}: empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn parse_run_id(s: &str) -> Result<crate::identity::RunId, String> {
+    crate::identity::RunId::parse(s)
+}

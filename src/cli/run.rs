@@ -1,0 +1,140 @@
+//! `baton run`: wrap a training command.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::StoreArg;
+use crate::error::usage;
+use crate::htcondor::Sandbox;
+use crate::store::StoreUrl;
+use crate::supervisor::{self, RunConfig};
+
+/// Used when neither the flag nor an HTCondor ad gives a vacate window: the grace period
+/// Slurm (KillWait) and Kubernetes give by default.
+pub const DEFAULT_VACATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Run a training command: restore, launch, upload commits, survive eviction.
+#[derive(clap::Args)]
+#[command(
+    long_about = "Run a training command under baton.\n\n\
+Before the command starts, the newest intact checkpoint of the run is restored into the \
+checkpoint directory. The command commits checkpoints with `baton commit` (or by writing to \
+$BATON_SOCKET), by exiting with the checkpoint exit code (it is restarted in place at once), or \
+by exiting 0 (final checkpoint). Commits upload in the background. On SIGTERM (or INT, HUP, QUIT, \
+USR1, USR2) the signal is forwarded to the command's process group; the command gets its share of \
+the vacate window to commit and exit, then it is killed, the newest commit is flushed, and baton \
+exits with the command's status before the window ends.",
+    after_help = "Examples:\n  baton run --store s3://bucket/ckpt --run-id resnet-1 -- python3 train.py --epochs 90\n  \
+baton run --checkpoint-exit-code 85 -- ./train.sh          (existing exit-85 jobs)\n\
+Environment given to the command: BATON_CHECKPOINT_DIR, BATON_RUN_ID, BATON_ATTEMPT, BATON_RESTORED_SEQ/EPOCH/STEP, \
+BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN."
+)]
+pub struct Args {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Names the run across restarts [default: $BATON_RUN_ID, else from the HTCondor job ad].
+    #[arg(long, value_name = "ID", value_parser = super::parse_run_id)]
+    run_id: Option<crate::identity::RunId>,
+    /// Where the command reads and writes its checkpoint files
+    /// [default: $_CONDOR_SCRATCH_DIR/checkpoint, else ./checkpoint].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Exit code meaning "checkpoint written, restart me" [default: the job ad's SuccessCheckpointExitCode].
+    #[arg(long, value_name = "CODE")]
+    checkpoint_exit_code: Option<i32>,
+    /// Time between the soft kill and the hard kill, e.g. 600s or 2m
+    /// [default: job ad JobMaxVacateTime, else machine ad MachineMaxVacateTime, else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    vacate_window: Option<Duration>,
+    /// Fraction of the vacate window the command gets to save and exit before it is killed;
+    /// the rest is baton's, to flush.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5, value_parser = parse_share)]
+    trainer_share: f64,
+    /// Send this signal to the command instead of the one baton received (e.g. INT for
+    /// trainers that save on KeyboardInterrupt).
+    #[arg(long, value_name = "SIGNAL", value_parser = crate::process::parse_signal)]
+    forward_signal: Option<nix::sys::signal::Signal>,
+    /// Chunks uploaded at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    upload_concurrency: u16,
+    /// zstd level for chunks (0: store raw).
+    #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=19))]
+    zstd_level: i32,
+    /// The device to record and pass as BATON_DEVICE [default: from the machine ad or nvidia-smi, else cpu].
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
+    /// The training command and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s}: not a number"))?;
+    if !(0.05..=0.95).contains(&v) {
+        return Err(format!("{s}: must be between 0.05 and 0.95"));
+    }
+    Ok(v)
+}
+
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    if a.command.is_empty() {
+        return Err(usage("baton run needs a command after `--`, for example: baton run --run-id r1 -- python3 train.py"));
+    }
+    let sandbox = Sandbox::from_env();
+    let run = match a.run_id {
+        Some(r) => r,
+        None => match std::env::var("BATON_RUN_ID").ok().filter(|s| !s.is_empty()) {
+            Some(s) => crate::identity::RunId::parse(&s).map_err(|e| usage(format!("BATON_RUN_ID: {e}")))?,
+            None => sandbox.run_id().ok_or_else(|| {
+                usage("no run id: pass --run-id ID or set BATON_RUN_ID (under HTCondor it comes from the job ad's GlobalJobId)")
+            })?,
+        },
+    };
+    let url = a.store.url()?;
+    let dir = match a.dir {
+        Some(d) => d,
+        None => match &sandbox.scratch {
+            Some(s) => s.join("checkpoint"),
+            None => PathBuf::from("checkpoint"),
+        },
+    };
+    let dir = std::path::absolute(&dir).map_err(|e| usage(format!("{}: {e}", dir.display())))?;
+    if let (StoreUrl::Dir(store_dir), Some(scratch), true) = (&url, &sandbox.scratch, sandbox.job.is_some()) {
+        if std::path::absolute(store_dir).map(|p| p.starts_with(scratch)).unwrap_or(false) {
+            tracing::warn!(
+                "THE STORE {} IS INSIDE THIS JOB'S SCRATCH DIRECTORY: it is deleted with the slot, so checkpoints will not survive an eviction. Use --store s3://... or a shared filesystem.",
+                store_dir.display()
+            );
+        }
+    }
+    let (vacate_window, window_source) = match (a.vacate_window, sandbox.vacate_window()) {
+        (Some(w), _) => (w, "--vacate-window".to_string()),
+        (None, Some((secs, source))) if secs > 0.0 => (Duration::from_secs_f64(secs), source.to_string()),
+        _ => (DEFAULT_VACATE_WINDOW, "the default (no flag, no HTCondor ad)".to_string()),
+    };
+    if vacate_window < Duration::from_secs(2) {
+        return Err(usage(format!(
+            "a vacate window of {:.1} s ({window_source}) leaves no time to save and flush; baton needs at least 2 s",
+            vacate_window.as_secs_f64()
+        )));
+    }
+    let checkpoint_exit_code = a.checkpoint_exit_code.or_else(|| sandbox.checkpoint_exit_code());
+    let device = a.device.unwrap_or_else(|| crate::device::detect(&sandbox));
+    let store = a.store.open()?;
+    let cfg = RunConfig {
+        store,
+        run,
+        dir,
+        command: a.command,
+        checkpoint_exit_code,
+        vacate_window,
+        window_source,
+        trainer_share: a.trainer_share,
+        forward_signal: a.forward_signal,
+        upload: crate::upload::Settings { concurrency: a.upload_concurrency as usize, zstd_level: a.zstd_level },
+        device,
+        job_ids: sandbox.job_ids(),
+    };
+    supervisor::run(cfg).await
+}

@@ -1,0 +1,183 @@
+//! The command's process family, handled like an init process (tini, dumb-init): its
+//! own process group, a parent-death signal so it never outlives baton, reaping of
+//! every child (baton is a subreaper, so double-forked grandchildren come back to it),
+//! and exit statuses reported the way a shell does.
+
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The status an init process reports: the code, or 128 + the signal number.
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => {
+                let name = Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("?");
+                write!(f, "signal {s} ({name})")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}: command not found (check the name after `--` and PATH)")]
+    NotFound(String),
+    #[error("{0}: permission denied (is it executable? chmod +x)")]
+    NotExecutable(String),
+    #[error("{0}: cannot start: {1}")]
+    Other(String, std::io::Error),
+}
+
+/// Make orphaned descendants re-parent to baton so they can be reaped and killed.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments has no memory effects.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Start the command in a new process group. Call from the thread that lives as long
+/// as baton (the parent-death signal fires when the *thread* that forked exits).
+pub fn spawn(argv: &[OsString], env: &[(String, String)], unset: &[&str]) -> Result<Pid, SpawnError> {
+    let name = argv[0].to_string_lossy().into_owned();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).process_group(0);
+    for k in unset {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // baton died between fork and prctl: do not run orphaned.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SpawnError::NotFound(name)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(SpawnError::NotExecutable(name)),
+        Err(e) => Err(SpawnError::Other(name, e)),
+    }
+}
+
+/// Signal the whole group; a group that is already gone is fine.
+pub fn signal_group(pgid: Pid, sig: Signal) {
+    let _ = killpg(pgid, sig);
+}
+
+/// Reap every child that has exited; return the status of `main` if it was among them.
+pub fn reap(main: Option<Pid>) -> Option<Exit> {
+    let mut found = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                if Some(pid) == main {
+                    found = Some(Exit::Code(code));
+                }
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                if Some(pid) == main {
+                    found = Some(Exit::Signal(sig as i32));
+                }
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    found
+}
+
+/// Children of this process right now (including re-parented orphans), from /proc.
+pub fn children() -> Vec<Pid> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name is in parentheses and may contain spaces: parse after it.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut fields = rest.split_whitespace();
+        let _state = fields.next();
+        if fields.next().and_then(|p| p.parse::<i32>().ok()) == Some(me) {
+            out.push(Pid::from_raw(pid));
+        }
+    }
+    out
+}
+
+/// SIGKILL the group and every remaining child, then reap them. Used on every way out
+/// of `baton run`, so nothing the command started outlives baton.
+pub fn kill_everything(pgid: Option<Pid>) {
+    if let Some(g) = pgid {
+        signal_group(g, Signal::SIGKILL);
+    }
+    for _ in 0..50 {
+        let kids = children();
+        if kids.is_empty() {
+            break;
+        }
+        for pid in kids {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reap(None);
+    }
+    reap(None);
+}
+
+/// Parse `TERM`, `SIGTERM` or `15`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim().to_ascii_uppercase();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{s}: not a signal number"));
+    }
+    let name = if t.starts_with("SIG") { t } else { format!("SIG{t}") };
+    name.parse::<Signal>().map_err(|_| format!("{s}: unknown signal name (try TERM, INT, USR1)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_reported_like_a_shell() {
+        assert_eq!(Exit::Code(3).status(), 3);
+        assert_eq!(Exit::Signal(9).status(), 137);
+    }
+
+    #[test]
+    fn signal_names_parse() {
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigusr1").unwrap(), Signal::SIGUSR1);
+        assert_eq!(parse_signal("2").unwrap(), Signal::SIGINT);
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! Restore: bring a checkpoint back from the store into a directory, trusting nothing.
+//! Every chunk is size- and hash-checked as it arrives, every file is hashed as it is
+//! written, and files are only ever created fresh (`O_EXCL | O_NOFOLLOW`) inside a
+//! directory baton made itself, so a hostile manifest cannot write outside it.
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::capture::join_inside;
+use crate::chunking;
+use crate::identity::RunId;
+use crate::manifest::{FileEntry, Manifest};
+use crate::store::Store;
+use crate::upload::KnownChunks;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("checkpoint {seq} of run {run}: {source}")]
+    Manifest { run: String, seq: u64, #[source] source: anyhow::Error },
+    #[error("checkpoint {seq}, file {path}: {detail}")]
+    File { seq: u64, path: String, detail: String },
+}
+
+pub async fn load_manifest(store: &Store, run: &RunId, seq: u64) -> Result<Manifest, RestoreError> {
+    let wrap = |source: anyhow::Error| RestoreError::Manifest { run: run.to_string(), seq, source };
+    let bytes = store.get_manifest_bytes(run, seq).await.map_err(|e| wrap(e.into()))?;
+    Manifest::from_store(&bytes, run.as_str(), seq).map_err(|e| wrap(e.into()))
+}
+
+/// Allowance for zstd framing on top of a chunk's size when reading it.
+fn stored_limit(size: u64) -> u64 {
+    size + size / 16 + 4096
+}
+
+async fn fetch_chunk(store: &Store, hash: String, size: u64) -> anyhow::Result<Vec<u8>> {
+    let stored = store.get_chunk(&hash, stored_limit(size)).await?;
+    Ok(tokio::task::spawn_blocking(move || chunking::decode(&hash, &stored, size)).await??)
+}
+
+async fn write_file(
+    store: &Store,
+    seq: u64,
+    target: &Path,
+    f: &FileEntry,
+    concurrency: usize,
+    known: &KnownChunks,
+) -> Result<(), RestoreError> {
+    let err = |detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
+    let path = join_inside(target, &f.path).ok_or_else(|| err("path leaves the directory".into()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+        let real = std::fs::canonicalize(parent).map_err(|e| err(e.to_string()))?;
+        let root = std::fs::canonicalize(target).map_err(|e| err(e.to_string()))?;
+        if !real.starts_with(&root) {
+            return Err(err("parent directory resolves outside the target".into()));
+        }
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut fetches = futures::stream::iter(f.chunks.iter().cloned())
+        .map(|c| fetch_chunk(store, c.hash, c.size))
+        .buffered(concurrency.max(1));
+    let mut written = 0u64;
+    let mut i = 0;
+    while let Some(chunk) = fetches.next().await {
+        let data = chunk.map_err(|e| err(format!("{e:#}")))?;
+        known.insert(f.chunks[i].hash.clone());
+        i += 1;
+        hasher.update(&data);
+        out.write_all(&data).map_err(|e| err(e.to_string()))?;
+        written += data.len() as u64;
+    }
+    let digest = hex::encode(hasher.finalize());
+    if written != f.size || digest != f.sha256 {
+        return Err(err(format!("restored file has {written} bytes and sha256 {digest}; manifest says {} bytes and {}", f.size, f.sha256)));
+    }
+    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Write every file of `m` into `target`, an empty directory this process created.
+pub async fn download(store: &Store, m: &Manifest, target: &Path, concurrency: usize, known: &KnownChunks) -> Result<(), RestoreError> {
+    m.validate().map_err(|e| RestoreError::Manifest { run: m.run_id.clone(), seq: m.seq, source: e.into() })?;
+    for f in &m.files {
+        write_file(store, m.seq, target, f, concurrency, known).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The checkpoint restored and the directory it is in, or none: a fresh start.
+    pub found: Option<(Manifest, std::path::PathBuf)>,
+    /// Newer checkpoints that were damaged and skipped, with why.
+    pub skipped: Vec<(u64, String)>,
+    pub seconds: f64,
+}
+
+/// Restore the newest checkpoint of `run` that is whole into `work/restore-<seq>`.
+/// Damaged checkpoints are skipped with a loud warning, never half-used.
+pub async fn restore_latest(
+    store: &Store,
+    run: &RunId,
+    work: &Path,
+    concurrency: usize,
+    known: &KnownChunks,
+) -> anyhow::Result<Restored> {
+    let start = Instant::now();
+    let seqs = store.list_manifests(run).await?;
+    let mut skipped = Vec::new();
+    for &seq in seqs.iter().rev() {
+        let dir = work.join(format!("restore-{seq}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let result = async {
+            let m = load_manifest(store, run, seq).await?;
+            download(store, &m, &dir, concurrency, known).await?;
+            Ok::<_, RestoreError>(m)
+        }
+        .await;
+        match result {
+            Ok(manifest) => {
+                return Ok(Restored { found: Some((manifest, dir)), skipped, seconds: start.elapsed().as_secs_f64() });
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                // A store that cannot be reached is not a damaged checkpoint: stop.
+                if let RestoreError::Manifest { source, .. } = &e {
+                    if let Some(se) = source.downcast_ref::<crate::store::StoreError>() {
+                        if matches!(se, crate::store::StoreError::Auth { .. } | crate::store::StoreError::Unreachable { .. }) {
+                            return Err(anyhow::Error::from(e));
+                        }
+                    }
+                }
+                tracing::warn!("SKIPPING DAMAGED CHECKPOINT {seq} of run {run}: {e:#}; falling back to the previous one");
+                skipped.push((seq, format!("{e:#}")));
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::warn!("no intact checkpoint left for run {run}; {} damaged ones skipped, starting fresh", skipped.len());
+    }
+    Ok(Restored { found: None, skipped, seconds: start.elapsed().as_secs_f64() })
+}

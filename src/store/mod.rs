@@ -1,0 +1,244 @@
+//! The storage boundary. Below it, backends speak keys and bytes (`Backend`); above it,
+//! everything speaks kinds and ids (`Store`): chunks by hash, manifests by (run, seq),
+//! attempt records by (run, n). Nothing above this module builds a key by hand.
+
+mod local;
+mod s3;
+mod url;
+
+pub use self::url::StoreUrl;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+
+use crate::identity::RunId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key}: not found in the store")]
+    NotFound { key: String },
+    #[error("{key}: object is {size} bytes, more than the {limit} bytes baton accepts for it")]
+    TooLarge { key: String, size: u64, limit: u64 },
+    #[error("{key}: already written by another writer; {detail}")]
+    Conflict { key: String, detail: String },
+    #[error("the store at {store} refused the credentials ({detail}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the key files) for this endpoint")]
+    Auth { store: String, detail: String },
+    #[error("cannot reach the store at {store} ({detail}); check the endpoint (AWS_ENDPOINT_URL) and that the server is up")]
+    Unreachable { store: String, detail: String },
+    #[error("{op} {key}: {detail}")]
+    Backend { op: &'static str, key: String, detail: String },
+    #[error("{op} {key}: {source}")]
+    Io { op: &'static str, key: String, #[source] source: std::io::Error },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// A create-only write found the key taken. For content-addressed chunks that is success.
+    AlreadyExists,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub modified: i64,
+}
+
+/// What a storage backend must do. Keys are `/`-separated, relative to the store root.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Display {
+    /// Write `data` under `key`. With `create_only`, an existing object is left alone and
+    /// `AlreadyExists` returned (best effort: some servers ignore the condition, which is
+    /// why callers re-read manifests after writing them).
+    async fn put(&self, key: &str, data: Bytes, create_only: bool) -> Result<PutOutcome>;
+    /// Read a whole object, refusing anything larger than `limit` bytes.
+    async fn get(&self, key: &str, limit: u64) -> Result<Bytes>;
+    /// Size of an object, or `None` when absent.
+    async fn head(&self, key: &str) -> Result<Option<u64>>;
+    /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Upper bounds on what baton reads from an untrusted store.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// The kinds of object baton keeps, and where each lives.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.url)
+    }
+}
+
+fn chunk_key(hash: &str) -> String {
+    format!("chunks/{}/{}", &hash[..2], hash)
+}
+
+fn manifest_key(run: &RunId, seq: u64) -> String {
+    format!("runs/{}/checkpoints/{:010}.json", run, seq)
+}
+
+/// Attempt records: `<n>.json` is written when the attempt starts (it reserves `n`), and
+/// `<n>.end.json` when it ends, because objects are write-once (Pelican refuses
+/// overwrites). A start without an end is an attempt that died without a word.
+fn attempt_key(run: &RunId, n: u64, end: bool) -> String {
+    if end {
+        format!("runs/{}/attempts/{:06}.end.json", run, n)
+    } else {
+        format!("runs/{}/attempts/{:06}.json", run, n)
+    }
+}
+
+impl Store {
+    /// Open the store a URL names. Nothing is contacted yet.
+    pub fn open(url: &StoreUrl) -> anyhow::Result<Store> {
+        let backend: Arc<dyn Backend> = match url {
+            StoreUrl::Dir(path) => Arc::new(local::DirBackend::new(path.clone())),
+            StoreUrl::S3 { bucket, prefix } => Arc::new(s3::S3Backend::new(bucket, prefix)?),
+        };
+        Ok(Store { backend, url: url.to_string() })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn has_chunk(&self, hash: &str) -> Result<Option<u64>> {
+        self.backend.head(&chunk_key(hash)).await
+    }
+
+    pub async fn put_chunk(&self, hash: &str, stored: Bytes) -> Result<PutOutcome> {
+        let key = chunk_key(hash);
+        let size = stored.len() as u64;
+        let outcome = self.backend.put(&key, stored, true).await?;
+        if outcome == PutOutcome::AlreadyExists {
+            // A chunk with the same hash is the same content; only a different size could
+            // mean an interrupted or foreign write, and then it is not ours to replace.
+            match self.backend.head(&key).await? {
+                Some(_) => {}
+                None => {
+                    return Err(StoreError::Backend {
+                        op: "put",
+                        key,
+                        detail: format!("server said it exists but it cannot be found ({size} bytes)"),
+                    })
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get_chunk(&self, hash: &str, limit: u64) -> Result<Bytes> {
+        self.backend.get(&chunk_key(hash), limit).await
+    }
+
+    pub async fn list_chunks(&self) -> Result<Vec<ObjectInfo>> {
+        self.backend.list("chunks/").await
+    }
+
+    pub async fn delete_chunk(&self, hash: &str) -> Result<()> {
+        self.backend.delete(&chunk_key(hash)).await
+    }
+
+    /// Write a manifest create-only, then read it back: a backend that ignores the
+    /// condition must not let two writers both believe they own `seq`.
+    pub async fn put_manifest(&self, run: &RunId, seq: u64, body: Bytes) -> Result<()> {
+        let key = manifest_key(run, seq);
+        match self.backend.put(&key, body.clone(), true).await? {
+            PutOutcome::AlreadyExists => {
+                return Err(StoreError::Conflict {
+                    key,
+                    detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
+                })
+            }
+            PutOutcome::Created => {}
+        }
+        let back = self.backend.get(&key, MAX_MANIFEST_BYTES).await?;
+        if back != body {
+            return Err(StoreError::Conflict {
+                key,
+                detail: "the manifest read back differs from what this attempt wrote (the server ignored the create-only condition and another writer won)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn get_manifest_bytes(&self, run: &RunId, seq: u64) -> Result<Bytes> {
+        self.backend.get(&manifest_key(run, seq), MAX_MANIFEST_BYTES).await
+    }
+
+    pub async fn delete_manifest(&self, run: &RunId, seq: u64) -> Result<()> {
+        self.backend.delete(&manifest_key(run, seq)).await
+    }
+
+    /// Checkpoint seqs of a run, ascending. Keys that are not ours are ignored.
+    pub async fn list_manifests(&self, run: &RunId) -> Result<Vec<u64>> {
+        let prefix = format!("runs/{}/checkpoints/", run);
+        let mut seqs: Vec<u64> = self
+            .backend
+            .list(&prefix)
+            .await?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix)?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(seqs)
+    }
+
+    /// Reserve attempt number `n` by writing its start record create-only.
+    pub async fn put_attempt_start(&self, run: &RunId, n: u64, body: Bytes) -> Result<PutOutcome> {
+        self.backend.put(&attempt_key(run, n, false), body, true).await
+    }
+
+    pub async fn put_attempt_end(&self, run: &RunId, n: u64, body: Bytes) -> Result<PutOutcome> {
+        self.backend.put(&attempt_key(run, n, true), body, true).await
+    }
+
+    /// (n, has_end) for every attempt record of a run, ascending.
+    pub async fn list_attempts(&self, run: &RunId) -> Result<Vec<(u64, bool)>> {
+        let prefix = format!("runs/{}/attempts/", run);
+        let mut starts = std::collections::BTreeMap::new();
+        for o in self.backend.list(&prefix).await? {
+            let Some(name) = o.key.strip_prefix(&prefix) else { continue };
+            if let Some(n) = name.strip_suffix(".end.json").and_then(|n| n.parse::<u64>().ok()) {
+                starts.entry(n).or_insert(false);
+                starts.insert(n, true);
+            } else if let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+                starts.entry(n).or_insert(false);
+            }
+        }
+        Ok(starts.into_iter().collect())
+    }
+
+    pub async fn get_attempt(&self, run: &RunId, n: u64, end: bool) -> Result<Bytes> {
+        self.backend.get(&attempt_key(run, n, end), MAX_RECORD_BYTES).await
+    }
+
+    /// Run ids present in the store (names that fail validation are skipped).
+    pub async fn list_runs(&self) -> Result<Vec<RunId>> {
+        let mut runs: Vec<RunId> = self
+            .backend
+            .list("runs/")
+            .await?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix("runs/")?.split('/').next())
+            .filter_map(|name| RunId::parse(name).ok())
+            .collect();
+        runs.sort();
+        runs.dedup();
+        Ok(runs)
+    }
+}

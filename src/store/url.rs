@@ -1,0 +1,83 @@
+//! Store URLs as users write them: `file:///path`, a plain path, `s3://bucket/prefix`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+const SUPPORTED: &str = "use a path, file:///path or s3://bucket/prefix";
+
+impl StoreUrl {
+    pub fn parse(s: &str) -> Result<StoreUrl, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(format!("empty store URL; {SUPPORTED}"));
+        }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Ok(StoreUrl::Dir(PathBuf::from(s)));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(format!("{s}: a file:// URL needs an absolute path (file:///data/store); {SUPPORTED}"));
+                }
+                Ok(StoreUrl::Dir(PathBuf::from(rest)))
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(format!("{s}: no bucket name (s3://bucket/prefix)"));
+                }
+                let prefix = prefix.trim_matches('/').to_string();
+                if prefix.split('/').any(|p| p == ".." || p == ".") {
+                    return Err(format!("{s}: the prefix may not contain '.' or '..' parts"));
+                }
+                Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix })
+            }
+            "pelican" | "osdf" => Err(format!(
+                "{s}: Pelican/OSDF stores are not supported by this version of baton yet; {SUPPORTED}"
+            )),
+            other => Err(format!("{s}: unknown store scheme '{other}://'; {SUPPORTED}")),
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Dir(p) => write!(f, "{}", p.display()),
+            StoreUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            StoreUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_users_write() {
+        assert_eq!(StoreUrl::parse("/data/s").unwrap(), StoreUrl::Dir("/data/s".into()));
+        assert_eq!(StoreUrl::parse("rel/s").unwrap(), StoreUrl::Dir("rel/s".into()));
+        assert_eq!(StoreUrl::parse("file:///data/s").unwrap(), StoreUrl::Dir("/data/s".into()));
+        assert_eq!(
+            StoreUrl::parse("s3://b/p/q/").unwrap(),
+            StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into() }
+        );
+        assert_eq!(StoreUrl::parse("s3://b").unwrap(), StoreUrl::S3 { bucket: "b".into(), prefix: "".into() });
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_serve() {
+        assert!(StoreUrl::parse("gs://b").unwrap_err().contains("unknown store scheme"));
+        assert!(StoreUrl::parse("file://rel").is_err());
+        assert!(StoreUrl::parse("s3:///p").is_err());
+        assert!(StoreUrl::parse("s3://b/../x").is_err());
+        assert!(StoreUrl::parse("").is_err());
+    }
+}

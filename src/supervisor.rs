@@ -1,0 +1,539 @@
+//! `baton run`'s lifecycle: restore, launch, commit, background upload, eviction.
+//!
+//! One event loop owns all state. Signals (including SIGCHLD), commit requests, upload
+//! completions and deadlines arrive as events; handlers never act in place. The
+//! phases are: running (the command trains, commits are captured and uploaded in the
+//! background), draining (an eviction signal was forwarded; the command has its share
+//! of the vacate window to commit and exit, then the group is killed), and flushing
+//! (the command is gone; what was committed is made durable before baton's deadline).
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use crate::attempt::{self, Attempt, EndRecord, Ending, StartRecord};
+use crate::capture::{self, Snapshot};
+use crate::commit;
+use crate::error::{ExitCode, Failure};
+use crate::identity::RunId;
+use crate::manifest::{JobIds, Manifest, Reason};
+use crate::process::{self, Exit};
+use crate::restore;
+use crate::store::Store;
+use crate::upload::{self, CommitInfo, KnownChunks};
+
+pub struct RunConfig {
+    pub store: Store,
+    pub run: RunId,
+    /// Absolute path of the checkpoint directory the trainer uses.
+    pub dir: PathBuf,
+    pub command: Vec<OsString>,
+    pub checkpoint_exit_code: Option<i32>,
+    pub vacate_window: Duration,
+    pub window_source: String,
+    /// Fraction of the vacate window the command gets to save and exit.
+    pub trainer_share: f64,
+    pub forward_signal: Option<Signal>,
+    pub upload: upload::Settings,
+    pub device: String,
+    pub job_ids: JobIds,
+}
+
+/// Signals that mean "you are being evicted" (HTCondor's kill_sig is one of these).
+const EVICTION_SIGNALS: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+/// Private working space next to the checkpoint directory, on the same filesystem so
+/// that restored directories can be renamed into place and captures can clone extents.
+pub fn state_dir_for(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    dir.with_file_name(format!(".baton-{name}"))
+}
+
+struct Job {
+    info: CommitInfo,
+    snap: Snapshot,
+}
+
+type Done = (u64, Result<Manifest, String>);
+
+/// The background uploader: one checkpoint at a time, oldest first. Once `newest_only`
+/// is set (eviction), queued checkpoints that a newer one supersedes are dropped.
+fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, known: KnownChunks, newest_only: Arc<AtomicBool>)
+    -> (mpsc::UnboundedSender<Job>, mpsc::UnboundedReceiver<Done>) {
+    let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    tokio::spawn(async move {
+        let mut queue = VecDeque::new();
+        loop {
+            while let Ok(j) = job_rx.try_recv() {
+                queue.push_back(j);
+            }
+            if queue.is_empty() {
+                match job_rx.recv().await {
+                    Some(j) => queue.push_back(j),
+                    None => return,
+                }
+                continue;
+            }
+            if newest_only.load(Ordering::SeqCst) {
+                while queue.len() > 1 {
+                    let old: Job = queue.pop_front().expect("len > 1");
+                    tracing::warn!("eviction: skipping the upload of checkpoint {} (superseded by a newer commit)", old.info.seq);
+                    old.snap.discard();
+                    let _ = done_tx.send((old.info.seq, Err("superseded during eviction".into())));
+                }
+            }
+            let job = queue.pop_front().expect("not empty");
+            let result = upload::upload(&store, &attempt, &job.info, &job.snap, &settings, &known).await;
+            job.snap.discard();
+            let _ = done_tx.send((job.info.seq, result.map_err(|e| format!("{e:#}"))));
+        }
+    });
+    (job_tx, done_rx)
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[i]) }
+}
+
+pub fn describe(m: &Manifest) -> String {
+    let mut s = format!("checkpoint {}", m.seq);
+    if let Some(e) = m.epoch {
+        s.push_str(&format!(" (epoch {e}"));
+        if let Some(st) = m.step {
+            s.push_str(&format!(", step {st}"));
+        }
+        s.push(')');
+    }
+    s
+}
+
+enum Phase {
+    Running,
+    Draining { since: Instant, signal: i32, killed: bool },
+}
+
+struct Supervisor {
+    cfg: RunConfig,
+    attempt: Attempt,
+    state_dir: PathBuf,
+    child: Pid,
+    phase: Phase,
+    next_seq: u64,
+    /// The checkpoint the command was last started from (restore or in-place restart).
+    restored: Option<(u64, Option<u64>, Option<u64>, String)>,
+    jobs: mpsc::UnboundedSender<Job>,
+    newest_only: Arc<AtomicBool>,
+    outstanding: BTreeSet<u64>,
+    committed: Vec<u64>,
+    durable: Vec<u64>,
+    final_seq: Option<u64>,
+}
+
+impl Supervisor {
+    fn env(&self, socket: &Path) -> (Vec<(String, String)>, Vec<&'static str>) {
+        let mut env = vec![
+            ("BATON_CHECKPOINT_DIR".into(), self.cfg.dir.display().to_string()),
+            ("BATON_RUN_ID".into(), self.cfg.run.to_string()),
+            ("BATON_ATTEMPT".into(), self.attempt.number.to_string()),
+            ("BATON_DEVICE".into(), self.cfg.device.clone()),
+            (commit::ENV_SOCKET.into(), socket.display().to_string()),
+        ];
+        if let Ok(exe) = std::env::current_exe() {
+            env.push(("BATON_BIN".into(), exe.display().to_string()));
+        }
+        let mut unset = vec![];
+        match &self.restored {
+            Some((seq, epoch, step, device)) => {
+                env.push(("BATON_RESTORED_SEQ".into(), seq.to_string()));
+                env.push(("BATON_PREV_DEVICE".into(), device.clone()));
+                match epoch {
+                    Some(e) => env.push(("BATON_RESTORED_EPOCH".into(), e.to_string())),
+                    None => unset.push("BATON_RESTORED_EPOCH"),
+                }
+                match step {
+                    Some(s) => env.push(("BATON_RESTORED_STEP".into(), s.to_string())),
+                    None => unset.push("BATON_RESTORED_STEP"),
+                }
+            }
+            None => unset.extend(["BATON_RESTORED_SEQ", "BATON_RESTORED_EPOCH", "BATON_RESTORED_STEP", "BATON_PREV_DEVICE"]),
+        }
+        (env, unset)
+    }
+
+    /// Copy the checkpoint directory as it is now and queue it for upload.
+    async fn capture(&mut self, reason: Reason, req: commit::Request) -> Result<u64, String> {
+        let seq = self.next_seq;
+        let staging = self.state_dir.join("staging").join(seq.to_string());
+        let _ = std::fs::remove_dir_all(&staging);
+        let (src, dst) = (self.cfg.dir.clone(), staging.clone());
+        let snap = tokio::task::spawn_blocking(move || capture::snapshot(&src, &dst))
+            .await
+            .map_err(|e| format!("capture failed: {e}"))?
+            .map_err(|e| format!("capture failed: {e}"))?;
+        if snap.files.is_empty() {
+            snap.discard();
+            return Err(format!("the checkpoint directory {} is empty; nothing to commit", self.cfg.dir.display()));
+        }
+        self.next_seq += 1;
+        tracing::info!(
+            "captured checkpoint {seq} ({reason}{}): {} files, {} in {:.2} s",
+            req.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default(),
+            snap.files.len(),
+            human_bytes(snap.logical_bytes()),
+            snap.seconds
+        );
+        let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
+        self.committed.push(seq);
+        self.outstanding.insert(seq);
+        if self.jobs.send(Job { info, snap }).is_err() {
+            return Err("the uploader has stopped".into());
+        }
+        Ok(seq)
+    }
+
+    fn on_upload_done(&mut self, (seq, result): Done) {
+        self.outstanding.remove(&seq);
+        match result {
+            Ok(m) => {
+                let s = &m.sizes;
+                let rate = if s.upload_seconds > 0.0 { s.logical_bytes as f64 / s.upload_seconds / 1e6 } else { 0.0 };
+                tracing::info!(
+                    "{} is durable: {} logical, {} new, {} stored, uploaded in {:.2} s ({rate:.0} MB/s)",
+                    describe(&m),
+                    human_bytes(s.logical_bytes),
+                    human_bytes(s.new_bytes),
+                    human_bytes(s.stored_bytes),
+                    s.upload_seconds
+                );
+                self.durable.push(seq);
+            }
+            Err(e) if e.starts_with("superseded") => {}
+            Err(e) => tracing::error!("UPLOAD OF CHECKPOINT {seq} FAILED: {e}; the previous checkpoint stays the latest"),
+        }
+    }
+
+    fn on_eviction_signal(&mut self, sig: i32) {
+        let forward = self.cfg.forward_signal.map(|s| s as i32).unwrap_or(sig);
+        let fwd = Signal::try_from(forward).unwrap_or(Signal::SIGTERM);
+        if let Phase::Running = self.phase {
+            let w = self.cfg.vacate_window.as_secs_f64();
+            tracing::warn!(
+                "eviction: got {}, forwarding {} to the command; it has {:.0} s to commit and exit (vacate window {:.0} s from {})",
+                Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?"),
+                fwd.as_str(),
+                w * self.cfg.trainer_share,
+                w,
+                self.cfg.window_source
+            );
+            self.phase = Phase::Draining { since: Instant::now(), signal: sig, killed: false };
+            self.newest_only.store(true, Ordering::SeqCst);
+        }
+        process::signal_group(self.child, fwd);
+    }
+
+    fn trainer_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Draining { since, killed: false, .. } => {
+                Some(since + self.cfg.vacate_window.mul_f64(self.cfg.trainer_share))
+            }
+            _ => None,
+        }
+    }
+
+    /// When baton must be gone: the end of the vacate window, less a safety margin.
+    fn exit_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Draining { since, .. } => {
+                let w = self.cfg.vacate_window;
+                let margin = (w / 10).min(Duration::from_secs(5));
+                Some(since + w - margin)
+            }
+            Phase::Running => None,
+        }
+    }
+}
+
+pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
+    let state_dir = state_dir_for(&cfg.dir);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create baton's working directory {}: {e}", state_dir.display()))?;
+    let _ = std::fs::remove_dir_all(state_dir.join("staging"));
+    // Signals are registered before anything is spawned so no SIGCHLD or SIGTERM is lost.
+    let mut sigs = signal_hook_tokio::Signals::new(EVICTION_SIGNALS.iter().copied().chain([SIGCHLD]))?;
+    process::become_subreaper();
+    let started = attempt::now();
+    let known = KnownChunks::default();
+
+    // Restore.
+    let restored = restore::restore_latest(&cfg.store, &cfg.run, &state_dir, cfg.upload.concurrency, &known).await?;
+    let mut restored_info = None;
+    if let Some((m, tmp)) = &restored.found {
+        install(tmp, &cfg.dir, &state_dir)?;
+        tracing::info!(
+            "restored {} of run {} into {} ({}, written on {}) in {:.2} s",
+            describe(m),
+            cfg.run,
+            cfg.dir.display(),
+            human_bytes(m.logical_bytes()),
+            m.device,
+            restored.seconds
+        );
+        restored_info = Some((m.seq, m.epoch, m.step, m.device.clone()));
+    } else {
+        std::fs::create_dir_all(&cfg.dir)?;
+        tracing::info!("no checkpoint of run {} in {}: fresh start", cfg.run, cfg.store.url());
+    }
+    let next_seq = cfg.store.list_manifests(&cfg.run).await?.last().map(|s| s + 1).unwrap_or(1);
+
+    let host = attempt::hostname();
+    let start_record = StartRecord {
+        format: 1,
+        run_id: cfg.run.to_string(),
+        attempt: 0,
+        host: host.clone(),
+        device: cfg.device.clone(),
+        started,
+        restored_seq: restored_info.as_ref().map(|r| r.0),
+        skipped_damaged: restored.skipped.iter().map(|s| s.0).collect(),
+        restore_seconds: restored.seconds,
+        vacate_window_seconds: cfg.vacate_window.as_secs_f64(),
+        vacate_window_source: cfg.window_source.clone(),
+        htcondor: cfg.job_ids.clone(),
+        baton_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let number = attempt::reserve(&cfg.store, &cfg.run, start_record).await?;
+    let attempt = Attempt {
+        run: cfg.run.clone(),
+        number,
+        host: host.clone(),
+        device: cfg.device.clone(),
+        htcondor: cfg.job_ids.clone(),
+        writer: format!("{host}:{}:{}", std::process::id(), (started * 1e6) as u64),
+    };
+    tracing::info!("run {} attempt {number} on {host}, device {}", cfg.run, cfg.device);
+
+    // The commit socket. Unix socket paths are limited to ~108 bytes.
+    let mut socket = state_dir.join("commit.sock");
+    if socket.as_os_str().len() > 100 {
+        socket = std::env::temp_dir().join(format!("baton-{}.sock", std::process::id()));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("cannot create the commit socket {}: {e}", socket.display()))?;
+    let (commit_tx, mut commit_rx) = mpsc::channel::<commit::Incoming>(4);
+    let server = tokio::spawn(commit::serve(listener, commit_tx));
+
+    let newest_only = Arc::new(AtomicBool::new(false));
+    let (jobs, mut done_rx) = spawn_uploader(cfg.store.clone(), attempt.clone(), cfg.upload.clone(), known, newest_only.clone());
+
+    let mut sv = Supervisor {
+        cfg,
+        attempt,
+        state_dir,
+        child: Pid::from_raw(0),
+        phase: Phase::Running,
+        next_seq,
+        restored: restored_info,
+        jobs,
+        newest_only,
+        outstanding: BTreeSet::new(),
+        committed: vec![],
+        durable: vec![],
+        final_seq: None,
+    };
+
+    let (env, unset) = sv.env(&socket);
+    sv.child = match process::spawn(&sv.cfg.command, &env, &unset) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let code = match e {
+                process::SpawnError::NotFound(_) => ExitCode::NotFound,
+                _ => ExitCode::NotExecutable,
+            };
+            end_record(&sv, Ending::BatonError, None, None, Some(e.to_string())).await;
+            let _ = std::fs::remove_file(&socket);
+            return Err(Failure::new(code, e.to_string()).into());
+        }
+    };
+
+    // Running and draining.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+    let exit = loop {
+        let trainer_deadline = sv.trainer_deadline();
+        tokio::select! {
+            Some(sig) = sigs.next() => {
+                if sig != SIGCHLD {
+                    sv.on_eviction_signal(sig);
+                    continue;
+                }
+            }
+            Some((req, reply)) = commit_rx.recv() => {
+                let reason = if matches!(sv.phase, Phase::Draining { .. }) { Reason::Eviction } else { Reason::Commit };
+                let r = match sv.capture(reason, req).await {
+                    Ok(seq) => commit::Reply { ok: true, seq: Some(seq), error: None },
+                    Err(e) => {
+                        tracing::error!("COMMIT FAILED: {e}");
+                        commit::Reply { ok: false, seq: None, error: Some(e) }
+                    }
+                };
+                let _ = reply.send(r);
+                continue;
+            }
+            Some(done) = done_rx.recv() => { sv.on_upload_done(done); continue; }
+            _ = tokio::time::sleep_until(trainer_deadline.unwrap_or(far).into()), if trainer_deadline.is_some() => {
+                tracing::warn!("eviction: the command did not exit within its share of the vacate window; killing its process group");
+                process::kill_everything(Some(sv.child));
+                if let Phase::Draining { killed, .. } = &mut sv.phase { *killed = true; }
+            }
+            _ = tick.tick() => {}
+        }
+        let Some(exit) = process::reap(Some(sv.child)) else { continue };
+        match (&sv.phase, exit) {
+            (Phase::Running, Exit::Code(c)) if Some(c) == sv.cfg.checkpoint_exit_code => {
+                match sv.capture(Reason::CheckpointExit, commit::Request::default()).await {
+                    Ok(seq) => sv.restored = Some((seq, None, None, sv.cfg.device.clone())),
+                    Err(e) => tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {c}: {e}"),
+                }
+                process::kill_everything(Some(sv.child));
+                tracing::info!("command exited with the checkpoint exit code {c}; restarting it in place");
+                let (env, unset) = sv.env(&socket);
+                match process::spawn(&sv.cfg.command, &env, &unset) {
+                    Ok(pid) => sv.child = pid,
+                    Err(e) => break Err(e.to_string()),
+                }
+            }
+            (Phase::Running, Exit::Code(0)) => {
+                match sv.capture(Reason::Final, commit::Request::default()).await {
+                    Ok(seq) => sv.final_seq = Some(seq),
+                    Err(e) => tracing::warn!("no final checkpoint: {e}"),
+                }
+                break Ok(exit);
+            }
+            (Phase::Draining { .. }, Exit::Code(c)) if Some(c) == sv.cfg.checkpoint_exit_code => {
+                if let Err(e) = sv.capture(Reason::Eviction, commit::Request::default()).await {
+                    tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {c}: {e}");
+                }
+                break Ok(exit);
+            }
+            _ => break Ok(exit),
+        }
+    };
+    process::kill_everything(Some(sv.child));
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
+    let exit = match exit {
+        Ok(exit) => exit,
+        Err(e) => {
+            end_record(&sv, Ending::BatonError, None, None, Some(e.clone())).await;
+            return Err(Failure::new(ExitCode::NotFound, e).into());
+        }
+    };
+    match &sv.phase {
+        Phase::Running => tracing::info!("command ended with {exit}"),
+        Phase::Draining { since, .. } => tracing::info!("command ended with {exit}, {:.1} s after the eviction signal", since.elapsed().as_secs_f64()),
+    }
+
+    // Flushing.
+    let drain_seconds = match sv.phase { Phase::Draining { since, .. } => Some(since.elapsed().as_secs_f64()), _ => None };
+    let flush_start = Instant::now();
+    while !sv.outstanding.is_empty() {
+        let deadline = sv.exit_deadline();
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            tracing::info!("flushing {} checkpoint(s), {:.1} s left before the hard kill", sv.outstanding.len(), left.as_secs_f64());
+        }
+        tokio::select! {
+            Some(done) = done_rx.recv() => sv.on_upload_done(done),
+            Some(sig) = sigs.next() => {
+                if sig != SIGCHLD { sv.on_eviction_signal(sig); }
+                process::reap(None);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()), if deadline.is_some() => {
+                tracing::error!(
+                    "FLUSH INCOMPLETE: checkpoint(s) {:?} could not be made durable before the vacate deadline; the newest durable checkpoint stays the latest",
+                    sv.outstanding
+                );
+                break;
+            }
+        }
+    }
+    let flush_seconds = flush_start.elapsed().as_secs_f64();
+
+    let (ending, status) = match (&sv.phase, exit) {
+        (Phase::Draining { .. }, _) => (Ending::Evicted, exit.status()),
+        (Phase::Running, Exit::Code(0)) => match sv.final_seq {
+            Some(seq) if !sv.durable.contains(&seq) => {
+                tracing::error!("the command finished but its final checkpoint {seq} is not durable");
+                (Ending::BatonError, ExitCode::Checkpoint as i32)
+            }
+            _ => (Ending::Completed, 0),
+        },
+        (Phase::Running, Exit::Code(c)) => (Ending::Failed, c),
+        (Phase::Running, Exit::Signal(s)) => (Ending::Killed, 128 + s),
+    };
+    end_record(&sv, ending, Some(exit), Some((flush_seconds, drain_seconds)), None).await;
+    Ok(status)
+}
+
+async fn end_record(sv: &Supervisor, ending: Ending, exit: Option<Exit>, timing: Option<(f64, Option<f64>)>, error: Option<String>) {
+    let record = EndRecord {
+        format: 1,
+        attempt: sv.attempt.number,
+        ended: attempt::now(),
+        ending,
+        exit_code: match exit { Some(Exit::Code(c)) => Some(c), _ => None },
+        signal: match exit { Some(Exit::Signal(s)) => Some(s), _ => None },
+        committed: sv.committed.clone(),
+        durable: sv.durable.clone(),
+        eviction_signal: match sv.phase { Phase::Draining { signal, .. } => Some(signal), _ => None },
+        flush_seconds: timing.map(|t| t.0),
+        drain_seconds: timing.and_then(|t| t.1),
+        error,
+    };
+    let Ok(body) = serde_json::to_vec_pretty(&record) else { return };
+    // Never let bookkeeping eat into the vacate window.
+    let limit = match sv.exit_deadline() {
+        Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_secs(10)),
+        None => Duration::from_secs(30),
+    };
+    match tokio::time::timeout(limit, sv.cfg.store.put_attempt_end(&sv.cfg.run, sv.attempt.number, body.into())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("could not write the attempt record: {e}"),
+        Err(_) => tracing::warn!("no time left to write the attempt record"),
+    }
+}
+
+/// Put a restored directory in place of the checkpoint directory. Whatever was there
+/// is moved aside into baton's working directory, not deleted.
+fn install(restored: &Path, dir: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if empty {
+            std::fs::remove_dir(dir)?;
+        } else {
+            let aside = state_dir.join("displaced");
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(dir, &aside)?;
+            tracing::warn!("{} was not empty; its old contents were moved to {}", dir.display(), aside.display());
+        }
+    }
+    std::fs::rename(restored, dir).map_err(|e| anyhow::anyhow!("cannot move the restored checkpoint into {}: {e}", dir.display()))?;
+    Ok(())
+}

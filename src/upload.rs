@@ -1,0 +1,196 @@
+//! Upload: turn a captured snapshot into chunks in the store, then write the manifest.
+//!
+//! One reader thread per file cuts chunks and hashes the whole file as it goes; up to
+//! `concurrency` chunks are hashed, checked, compressed and sent at once, in a window
+//! that keeps their order. Memory is bounded by the window, never by the file size.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::attempt::Attempt;
+use crate::capture::Snapshot;
+use crate::chunking;
+use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
+use crate::store::{PutOutcome, Store};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub concurrency: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { concurrency: 8, zstd_level: 1 }
+    }
+}
+
+/// Chunks this process knows are durable in the store: skip even the HEAD for them.
+#[derive(Default, Clone)]
+pub struct KnownChunks(Arc<Mutex<HashSet<String>>>);
+
+impl KnownChunks {
+    pub fn contains(&self, h: &str) -> bool {
+        self.0.lock().map(|s| s.contains(h)).unwrap_or(false)
+    }
+    pub fn insert(&self, h: String) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(h);
+        }
+    }
+}
+
+/// What the trainer said when it committed.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub seq: u64,
+    pub reason: Reason,
+    pub epoch: Option<u64>,
+    pub step: Option<u64>,
+    pub meta: BTreeMap<String, String>,
+    pub created: f64,
+}
+
+struct ChunkOut {
+    hash: String,
+    size: u64,
+    new: bool,
+    stored: u64,
+}
+
+async fn put_one(store: &Store, known: &KnownChunks, data: Vec<u8>, level: i32) -> anyhow::Result<ChunkOut> {
+    let data = Arc::new(data);
+    let d = data.clone();
+    let hash = tokio::task::spawn_blocking(move || chunking::sha256_hex(&d)).await?;
+    let size = data.len() as u64;
+    if known.contains(&hash) || store.has_chunk(&hash).await?.is_some() {
+        known.insert(hash.clone());
+        return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+    }
+    let encoded = tokio::task::spawn_blocking(move || chunking::encode(&data, level)).await??;
+    let stored = encoded.len() as u64;
+    let outcome = store.put_chunk(&hash, Bytes::from(encoded)).await?;
+    known.insert(hash.clone());
+    let new = outcome == PutOutcome::Created;
+    Ok(ChunkOut { hash, size, new, stored: if new { stored } else { 0 } })
+}
+
+enum Piece {
+    Chunk(Vec<u8>),
+    End { sha256: String, size: u64 },
+}
+
+/// Read one file on a blocking thread, sending its chunks and finally its digest.
+fn spawn_reader(path: std::path::PathBuf, window: usize) -> tokio::sync::mpsc::Receiver<anyhow::Result<Piece>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(window);
+    tokio::task::spawn_blocking(move || {
+        let result = (|| -> anyhow::Result<()> {
+            let file = std::fs::File::open(&path)?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let tee = HashingReader { inner: file, hasher: &mut hasher, size: &mut size };
+            for chunk in chunking::chunks(tee) {
+                if tx.blocking_send(Ok(Piece::Chunk(chunk?))).is_err() {
+                    return Ok(()); // the upload was cancelled
+                }
+            }
+            let sha256 = hex::encode(hasher.finalize());
+            let _ = tx.blocking_send(Ok(Piece::End { sha256, size }));
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e.context(format!("reading {}", path.display()))));
+        }
+    });
+    rx
+}
+
+struct HashingReader<'a, R> {
+    inner: R,
+    hasher: &'a mut Sha256,
+    size: &'a mut u64,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        *self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Upload a snapshot and commit it as checkpoint `info.seq`. Dropping the future
+/// cancels the upload; the manifest is the last write, so a cancelled upload leaves
+/// only unreferenced chunks behind (which `prune` collects).
+pub async fn upload(
+    store: &Store,
+    attempt: &Attempt,
+    info: &CommitInfo,
+    snap: &Snapshot,
+    settings: &Settings,
+    known: &KnownChunks,
+) -> anyhow::Result<Manifest> {
+    let start = Instant::now();
+    let mut sizes = Sizes { capture_seconds: snap.seconds, ..Default::default() };
+    let mut files = Vec::with_capacity(snap.files.len());
+    let window = settings.concurrency.max(1);
+    for f in &snap.files {
+        let rx = spawn_reader(snap.dir.join(&f.rel), window);
+        let mut pieces = tokio_stream_from(rx)
+            .map(|piece| async move {
+                match piece? {
+                    Piece::Chunk(data) => put_one(store, known, data, settings.zstd_level).await.map(Ok),
+                    Piece::End { sha256, size } => Ok(Err((sha256, size))),
+                }
+            })
+            .buffered(window);
+        let mut chunks = Vec::new();
+        let mut digest = None;
+        while let Some(item) = pieces.next().await {
+            match item.map_err(|e| e.context(format!("uploading {}", f.rel)))? {
+                Ok(c) => {
+                    if c.new {
+                        sizes.new_bytes += c.size;
+                        sizes.stored_bytes += c.stored;
+                    }
+                    chunks.push(ChunkRef { hash: c.hash, size: c.size });
+                }
+                Err(end) => digest = Some(end),
+            }
+        }
+        let (sha256, size) = digest.ok_or_else(|| anyhow::anyhow!("{}: reading stopped before the end", f.rel))?;
+        sizes.logical_bytes += size;
+        files.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, sha256, chunks });
+    }
+    sizes.upload_seconds = start.elapsed().as_secs_f64();
+    let manifest = Manifest {
+        format: FORMAT,
+        run_id: attempt.run.to_string(),
+        seq: info.seq,
+        created: info.created,
+        reason: info.reason,
+        attempt: attempt.number,
+        epoch: info.epoch,
+        step: info.step,
+        meta: info.meta.clone(),
+        host: attempt.host.clone(),
+        device: attempt.device.clone(),
+        htcondor: attempt.htcondor.clone(),
+        writer: attempt.writer.clone(),
+        files,
+        sizes,
+    };
+    manifest.validate()?;
+    store.put_manifest(&attempt.run, info.seq, manifest.to_bytes().into()).await?;
+    Ok(manifest)
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
