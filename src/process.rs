@@ -133,10 +133,12 @@ pub fn children() -> Vec<Pid> {
     out
 }
 
-/// SIGKILL the group and every remaining child, then reap them. Used on every way out
-/// of `baton run`, so nothing the command started outlives baton.
-pub fn kill_everything(pgid: Option<Pid>) {
-    if let Some(g) = pgid {
+/// SIGKILL the group (led by `main`) and every remaining child, then reap them. Used
+/// on every way out of `baton run`, so nothing the command started outlives baton.
+/// Returns `main`'s status if it was reaped here.
+pub fn kill_everything(main: Option<Pid>) -> Option<Exit> {
+    let mut found = None;
+    if let Some(g) = main {
         signal_group(g, Signal::SIGKILL);
     }
     for _ in 0..50 {
@@ -148,9 +150,9 @@ pub fn kill_everything(pgid: Option<Pid>) {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-        reap(None);
+        found = found.or(reap(main));
     }
-    reap(None);
+    found.or(reap(main))
 }
 
 /// Parse `TERM`, `SIGTERM` or `15`.

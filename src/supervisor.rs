@@ -375,6 +375,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     // Running and draining.
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+    let mut main_exit = None;
     let exit = loop {
         let trainer_deadline = sv.trainer_deadline();
         tokio::select! {
@@ -399,12 +400,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
             Some(done) = done_rx.recv() => { sv.on_upload_done(done); continue; }
             _ = tokio::time::sleep_until(trainer_deadline.unwrap_or(far).into()), if trainer_deadline.is_some() => {
                 tracing::warn!("eviction: the command did not exit within its share of the vacate window; killing its process group");
-                process::kill_everything(Some(sv.child));
+                main_exit = process::kill_everything(Some(sv.child));
                 if let Phase::Draining { killed, .. } = &mut sv.phase { *killed = true; }
             }
             _ = tick.tick() => {}
         }
-        let Some(exit) = process::reap(Some(sv.child)) else { continue };
+        let Some(exit) = main_exit.take().or_else(|| process::reap(Some(sv.child))) else { continue };
         match (&sv.phase, exit) {
             (Phase::Running, Exit::Code(c)) if Some(c) == sv.cfg.checkpoint_exit_code => {
                 match sv.capture(Reason::CheckpointExit, commit::Request::default()).await {

@@ -32,8 +32,7 @@ impl S3Backend {
         if !endpoint.is_empty() {
             builder = builder
                 .with_endpoint(&endpoint)
-                .with_virtual_hosted_style_request(false)
-                .with_allow_http(endpoint.starts_with("http://"));
+                .with_virtual_hosted_style_request(false);
         }
         // A job that cannot reach its store should say so in seconds, not after
         // object_store's default three minutes of retries.
@@ -46,7 +45,9 @@ impl S3Backend {
                 base: 2.0,
             },
         };
+        // Set here, not on the builder: `with_client_options` replaces the builder's options.
         let options = ClientOptions::new()
+            .with_allow_http(endpoint.starts_with("http://"))
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(120));
         let inner = builder
@@ -78,7 +79,7 @@ impl S3Backend {
         match e {
             object_store::Error::NotFound { .. } => StoreError::NotFound { key: key.to_string() },
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                StoreError::Auth { store: self.store_name(), detail: short(&e) }
+                StoreError::Auth { store: self.store_name(), detail: auth_detail(&e) }
             }
             other => {
                 let text = chain(&other);
@@ -87,12 +88,12 @@ impl S3Backend {
                     .iter()
                     .any(|m| lower.contains(m))
                 {
-                    StoreError::Auth { store: self.store_name(), detail: short(&other) }
+                    StoreError::Auth { store: self.store_name(), detail: auth_detail(&other) }
                 } else if ["connection refused", "error sending request", "dns error", "connect", "timed out"]
                     .iter()
                     .any(|m| lower.contains(m))
                 {
-                    StoreError::Unreachable { store: self.store_name(), detail: short(&other) }
+                    StoreError::Unreachable { store: self.store_name(), detail: root_cause(&other) }
                 } else {
                     StoreError::Backend { op, key: key.to_string(), detail: text }
                 }
@@ -115,10 +116,30 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The first line of an error, without the request dump object_store appends.
-fn short(e: &dyn std::error::Error) -> String {
+/// The innermost cause ("Connection refused (os error 111)"), which is what a user can act on.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string().chars().take(300).collect()
+}
+
+/// The S3 error code and message from the response body, e.g. "InvalidAccessKeyId: ...".
+fn auth_detail(e: &dyn std::error::Error) -> String {
     let text = chain(e);
-    text.lines().next().unwrap_or("").chars().take(300).collect()
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_string())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ if text.contains("403") => "HTTP 403 Forbidden".into(),
+        _ => root_cause(e),
+    }
 }
 
 impl std::fmt::Display for S3Backend {

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# `make bench`: upload and restore of a generated float32 checkpoint, to a directory
+# store and to a local S3 server (moto), next to `sha256sum` and `zstd -1` of the same
+# bytes. Medians go to docs/benchmarks.md (overwritten) and to stdout.
+#
+# Knobs (environment):
+#   BENCH_MB        checkpoint size in MiB                      (default 1024)
+#   BENCH_SMALL_MB  smaller size, to show memory does not grow   (default BENCH_MB/4)
+#   BENCH_REPS      repetitions of every measurement; median     (default 3)
+#   BATON           the binary to measure                        (default target/release/baton)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+BENCH_MB=${BENCH_MB:-1024}
+BENCH_SMALL_MB=${BENCH_SMALL_MB:-$((BENCH_MB / 4))}
+BENCH_REPS=${BENCH_REPS:-3}
+BATON=${BATON:-$ROOT/target/release/baton}
+
+VENV=$ROOT/.venv
+PY=$VENV/bin/python
+OUT=$ROOT/bench-out
+CKPT=$OUT/ckpt                 # the checkpoint directory baton captures
+SMALL=$OUT/ckpt-small
+RESULTS=$OUT/results.tsv
+FACTS=$OUT/facts.txt
+LOGS=$OUT/logs
+REPORT=$ROOT/docs/benchmarks.md
+BUCKET=bench
+MOTO_PID=
+
+die() { echo "bench: $*" >&2; exit 1; }
+say() { echo "== $*"; }
+
+# --- setup -------------------------------------------------------------------------
+
+ensure_tools() {
+    local missing=()
+    command -v zstd >/dev/null || missing+=(zstd)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v sha256sum >/dev/null || missing+=(coreutils)
+    if ((${#missing[@]})); then
+        command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+        local sudo=; ((EUID == 0)) || sudo=sudo
+        say "installing ${missing[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_python() {
+    if [[ ! -x $PY ]]; then
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-test.txt
+    fi
+    if [[ ! -f $VENV/.bench-installed || bench/requirements.txt -nt $VENV/.bench-installed ]]; then
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r bench/requirements.txt
+        touch "$VENV/.bench-installed"
+    fi
+}
+
+ensure_baton() {
+    [[ -x $BATON ]] || cargo build --release
+    [[ -x $BATON ]] || die "$BATON is not there; run cargo build --release"
+}
+
+# gen_ckpt DIR MIB: DIR/weights.bin, regenerated only when the size or generator changed.
+gen_ckpt() {
+    local dir=$1 mib=$2 stamp=$1.stamp want
+    want="$mib $(sha256sum bench/gen_ckpt.py | cut -c1-16)"
+    if [[ -f $dir/weights.bin && -f $stamp && $(<"$stamp") == "$want" ]]; then
+        return
+    fi
+    say "generating a $mib MiB float32 checkpoint in $dir"
+    rm -rf "$dir" "$stamp"
+    mkdir -p "$dir"
+    "$PY" bench/gen_ckpt.py "$dir/weights.bin" "$mib"
+    echo "$want" >"$stamp"
+}
+
+# --- the S3 server -------------------------------------------------------------------
+
+start_moto() {
+    local port
+    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$OUT/moto.log" 2>&1 &
+    MOTO_PID=$!
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+    for _ in $(seq 150); do
+        curl -fs -o /dev/null "$AWS_ENDPOINT_URL/moto-api/" && return
+        kill -0 "$MOTO_PID" 2>/dev/null || die "moto_server did not start; see $OUT/moto.log"
+        sleep 0.2
+    done
+    die "moto_server did not answer on $AWS_ENDPOINT_URL"
+}
+
+stop_moto() {
+    if [[ -n $MOTO_PID ]]; then
+        kill "$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+        MOTO_PID=
+    fi
+}
+
+# moto keeps every object in memory: drop them all, then make an empty bucket.
+fresh_bucket() {
+    curl -fsS -o /dev/null -X POST "$AWS_ENDPOINT_URL/moto-api/reset"
+    curl -fsS -o /dev/null -X PUT "$AWS_ENDPOINT_URL/$BUCKET"
+}
+
+# --- measuring -----------------------------------------------------------------------
+
+# measure LABEL BYTES COMMAND...: time one run, append it to $RESULTS.
+measure() {
+    local label=$1 bytes=$2
+    shift 2
+    "$PY" bench/measure.py "$RESULTS" "$label" "$REP" "$bytes" "$LOGS/$label.$REP.log" -- "$@"
+}
+
+bench_baselines() {
+    local f=$CKPT/weights.bin bytes=$1
+    measure sha256sum "$bytes" sha256sum "$f"
+    measure zstd-1 "$bytes" zstd -q -1 -T1 -c "$f"
+    measure zstd-1-T0 "$bytes" zstd -q -1 -T0 -c "$f"
+    rm -f "$OUT/copy.bin"
+    measure cp "$bytes" cp "$f" "$OUT/copy.bin"
+    rm -f "$OUT/copy.bin"
+}
+
+# bench_store KIND URL CKPT_DIR BYTES [SUFFIX]: into a store that is empty.
+# A first upload, then the same bytes again under another run id (every chunk is
+# already there: HEAD requests only), then a restore of the first into a new directory.
+bench_store() {
+    local kind=$1 url=$2 dir=$3 bytes=$4 suffix=${5:-} restored=$OUT/restored
+    measure "$kind-upload$suffix" "$bytes" \
+        "$BATON" run --store "$url" --run-id bench --dir "$dir" --device cpu -- true
+    [[ -n $suffix ]] || measure "$kind-upload-dedup" "$bytes" \
+        "$BATON" run --store "$url" --run-id bench-again --dir "$dir" --device cpu -- true
+    rm -rf "$restored"
+    measure "$kind-restore$suffix" "$bytes" "$BATON" restore --store "$url" bench --to "$restored"
+    cmp "$dir/weights.bin" "$restored/weights.bin" || die "$kind restore differs from the original"
+    rm -rf "$restored"
+}
+
+# Sizes that explain the throughput: what zstd -1 and baton's chunks make of the bytes.
+record_sizes() {
+    {
+        echo "zstd_bytes=$(zstd -q -1 -T0 -c "$CKPT/weights.bin" | wc -c)"
+        echo "stored_bytes=$(du -sb --apparent-size "$OUT/store-dir/chunks" | cut -f1)"
+        echo "chunks=$(find "$OUT/store-dir/chunks" -type f | wc -l)"
+    } >>"$FACTS"
+}
+
+record_machine() {
+    local commit dirty=
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n $(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+        dirty=" (with uncommitted changes to src/ or Cargo files)"
+    fi
+    {
+        echo "bench_mb=$BENCH_MB"
+        echo "small_mb=$BENCH_SMALL_MB"
+        echo "reps=$BENCH_REPS"
+        echo "nproc=$(nproc)"
+        echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+        echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+        echo "kernel=$(uname -sr)"
+        echo "fs=$(df -T "$OUT" | awk 'NR == 2 {print $2}')"
+        echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "commit=$commit$dirty"
+        echo "baton=$("$BATON" --version)"
+        echo "sha256sum=$(sha256sum --version | head -n1)"
+        echo "zstd=$(zstd --version)"
+        echo "moto=$("$PY" -c 'import moto; print(moto.__version__)')"
+    } >"$FACTS"
+}
+
+cleanup() {
+    stop_moto
+    rm -rf "$OUT/store-dir" "$OUT/store-small" "$OUT/restored" "$OUT/copy.bin" "$OUT/.baton-ckpt" "$OUT/.baton-ckpt-small"
+}
+
+main() {
+    ensure_tools
+    ensure_python
+    ensure_baton
+    mkdir -p "$OUT"
+    trap cleanup EXIT
+    cleanup
+    rm -rf "$LOGS" "$RESULTS"
+    mkdir -p "$LOGS"
+    gen_ckpt "$CKPT" "$BENCH_MB"
+    gen_ckpt "$SMALL" "$BENCH_SMALL_MB"
+    local bytes small_bytes
+    bytes=$(stat -c %s "$CKPT/weights.bin")
+    small_bytes=$(stat -c %s "$SMALL/weights.bin")
+    record_machine
+    start_moto
+
+    for REP in $(seq "$BENCH_REPS"); do
+        say "repetition $REP of $BENCH_REPS"
+        bench_baselines "$bytes"
+        rm -rf "$OUT/store-dir"
+        bench_store dir "$OUT/store-dir" "$CKPT" "$bytes"
+        ((REP > 1)) || record_sizes
+        rm -rf "$OUT/store-dir" "$OUT/store-small"
+        bench_store dir "$OUT/store-small" "$SMALL" "$small_bytes" -small
+        rm -rf "$OUT/store-small"
+        fresh_bucket
+        bench_store s3 "s3://$BUCKET/rep$REP" "$CKPT" "$bytes"
+        fresh_bucket
+    done
+
+    "$PY" bench/report.py "$RESULTS" "$FACTS" "$REPORT"
+}
+
+main "$@"

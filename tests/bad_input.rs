@@ -1,0 +1,84 @@
+//! Bad input gets one clear message and a documented exit code, and nothing starts.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn run_fails(args: &[&str], env: &[(String, String)], code: i32, must_say: &str) {
+    let slot = tempfile::tempdir().unwrap();
+    let mut c = baton();
+    c.current_dir(slot.path()).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(must_say), "{args:?}: expected {must_say:?} in: {err}");
+    assert_eq!(err.matches("error:").count(), 1, "one clear error, not a cascade: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn unknown_store_scheme() {
+    run_fails(&["run", "--store", "gs://bucket/x", "--run-id", "r", "--", "true"], &[], 2, "unknown store scheme 'gs://'");
+    run_fails(&["inspect", "--store", "ftp://x"], &[], 2, "unknown store scheme");
+}
+
+#[test]
+fn missing_command_after_dashes() {
+    run_fails(&["run", "--store", "s", "--run-id", "r"], &[], 2, "needs a command after `--`");
+    run_fails(&["run", "--store", "s", "--run-id", "r", "--"], &[], 2, "needs a command after `--`");
+}
+
+#[test]
+fn command_that_does_not_exist() {
+    let store = tempfile::tempdir().unwrap();
+    run_fails(&["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--", "no-such-trainer-xyz"], &[], 127, "command not found");
+    let script = store.path().join("not-exec.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    run_fails(&["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--", script.to_str().unwrap()], &[], 126, "permission denied");
+}
+
+#[test]
+fn run_ids_that_could_escape() {
+    for bad in ["a/b", "..", "x/../y", "../up"] {
+        run_fails(&["run", "--store", "s", "--run-id", bad, "--", "true"], &[], 2, "run id");
+    }
+    run_fails(&["run", "--store", "s", "--", "true"], &[], 2, "no run id");
+    run_fails(&["run", "--store", "s", "--", "true"], &[("BATON_RUN_ID".into(), "a/b".into())], 2, "BATON_RUN_ID");
+}
+
+#[test]
+fn commit_outside_a_run() {
+    run_fails(&["commit", "--epoch", "1"], &[], 2, "must be run by a command started with `baton run`");
+}
+
+#[test]
+fn unreachable_s3_endpoint() {
+    let port = free_port(); // nothing listens there
+    let env = vec![
+        ("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID".into(), "k".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+    ];
+    let t0 = Instant::now();
+    run_fails(&["run", "--store", "s3://bucket/p", "--run-id", "r", "--", "true"], &env, 70, "cannot reach the store");
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?} to give up", t0.elapsed());
+}
+
+#[test]
+fn wrong_s3_credentials() {
+    // moto checks credentials once the first request (our bucket creation) is done.
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    moto.create_bucket("locked");
+    let env = moto.env("AKIAWRONGKEY00000000", "wrong-secret");
+    run_fails(&["run", "--store", "s3://locked/p", "--run-id", "r", "--", "true"], &env, 70, "refused the credentials");
+    run_fails(&["inspect", "--store", "s3://locked/p"], &env, 70, "refused the credentials");
+}
+
+#[test]
+fn vacate_window_too_short() {
+    run_fails(&["run", "--store", "s", "--run-id", "r", "--vacate-window", "1s", "--", "true"], &[], 2, "needs at least 2 s");
+    run_fails(&["run", "--store", "s", "--run-id", "r", "--vacate-window", "soon", "--", "true"], &[], 2, "--vacate-window");
+}

@@ -1,0 +1,167 @@
+//! Damaged and hostile store contents: verify names what is broken, run falls back to
+//! the newest intact checkpoint, restore never writes outside its target.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// A finished run of the trainer in a directory store; returns the manifest paths.
+fn finished_run(store: &Path, run: &str) -> Vec<std::path::PathBuf> {
+    let slot = tempfile::tempdir().unwrap();
+    let mut cmd = vec!["python3", trainer().to_str().unwrap()];
+    cmd.extend_from_slice(&["--epochs", "3", "--steps-per-epoch", "4", "--step-seconds", "0", "--blob-mb", "1"]);
+    let out = output_of(spawn_run(slot.path(), store.to_str().unwrap(), run, &[], &[], &cmd));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut m: Vec<_> = std::fs::read_dir(store.join("runs").join(run).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    m.sort();
+    m
+}
+
+fn manifest(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn chunk_path(store: &Path, hash: &str) -> std::path::PathBuf {
+    store.join("chunks").join(&hash[..2]).join(hash)
+}
+
+#[test]
+fn a_flipped_byte_is_found_by_verify_and_run_falls_back() {
+    let store = tempfile::tempdir().unwrap();
+    let manifests = finished_run(store.path(), "flip");
+    let latest = manifest(manifests.last().unwrap());
+    let latest_seq = latest["seq"].as_u64().unwrap();
+    // weights.bin changes at every save, so its chunks belong to the latest checkpoint only.
+    let file = latest["files"].as_array().unwrap().iter().find(|f| f["path"] == "weights.bin").unwrap();
+    let hash = file["chunks"][0]["hash"].as_str().unwrap();
+    let victim = chunk_path(store.path(), hash);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+
+    let s = store.path().to_str().unwrap();
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(71), "{report}");
+    assert!(report.contains(&format!("checkpoint {latest_seq} file weights.bin")), "{report}");
+    assert_eq!(report.matches("DAMAGED").count(), 1, "{report}");
+
+    let out = baton().args(["verify", "--store", s, "flip", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["damaged"][0]["seq"], latest_seq);
+    assert_eq!(v["damaged"][0]["file"], "weights.bin");
+
+    // A new slot: the damaged checkpoint is skipped loudly, the previous one restored.
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "flip", &[], &[], &["sh", "-c", "echo restored=$BATON_RESTORED_SEQ; exit 0"]));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("SKIPPING DAMAGED CHECKPOINT {latest_seq}")), "{err}");
+    assert!(text(&out.stdout).contains(&format!("restored={}", latest_seq - 1)), "{}\n{err}", text(&out.stdout));
+}
+
+/// Plant a hand-edited copy of a real manifest as a new run's checkpoint 1.
+fn plant(store: &Path, run: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let manifests = finished_run(store, &format!("{run}-src"));
+    let mut m = manifest(&manifests[0]);
+    m["run_id"] = run.into();
+    m["seq"] = 1.into();
+    edit(&mut m);
+    let dir = store.join("runs").join(run).join("checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0000000001.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+fn restore_refused(store: &Path, run: &str, must_say: &str) {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("target");
+    let out = baton().args(["restore", "--store", store.to_str().unwrap(), run, "1", "--to", target.to_str().unwrap()]).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "hostile manifest was restored");
+    assert!(err.contains(must_say), "expected {must_say:?} in: {err}");
+    // Nothing written: not the target, not its surroundings, not absolute paths.
+    let left: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+    assert!(left.is_empty(), "restore left {left:?}");
+    assert!(!Path::new("/tmp/baton-hostile-absolute").exists());
+}
+
+#[test]
+fn hostile_manifests_are_refused_and_nothing_is_written_outside() {
+    let store = tempfile::tempdir().unwrap();
+    plant(store.path(), "abs", |m| m["files"][0]["path"] = "/tmp/baton-hostile-absolute".into());
+    restore_refused(store.path(), "abs", "absolute path");
+    plant(store.path(), "dotdot", |m| m["files"][0]["path"] = "../../escaped".into());
+    restore_refused(store.path(), "dotdot", "'..' component");
+    plant(store.path(), "size", |m| {
+        let s = m["files"][0]["size"].as_u64().unwrap();
+        m["files"][0]["size"] = (s + 1).into();
+    });
+    restore_refused(store.path(), "size", "does not match its chunks");
+    plant(store.path(), "nested", |m| {
+        let mut f = m["files"][0].clone();
+        f["path"] = format!("{}/inner", m["files"][0]["path"].as_str().unwrap()).into();
+        m["files"].as_array_mut().unwrap().push(f);
+    });
+    restore_refused(store.path(), "nested", "is listed as a file");
+    plant(store.path(), "hash", |m| m["files"][0]["sha256"] = "0".repeat(64).into());
+    restore_refused(store.path(), "hash", "manifest says");
+    plant(store.path(), "junk", |m| *m = serde_json::json!({"format": 1, "files": "no"}));
+    restore_refused(store.path(), "junk", "not a baton manifest");
+}
+
+#[test]
+fn restore_never_follows_a_symlink_out_of_its_target() {
+    let store = tempfile::tempdir().unwrap();
+    finished_run(store.path(), "link");
+    let outside = tempfile::tempdir().unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    let link = outside.path().join("ckpt");
+    std::os::unix::fs::symlink(victim.path(), &link).unwrap();
+    let out = baton().args(["restore", "--store", store.path().to_str().unwrap(), "link", "--to", link.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not an empty directory"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 0, "restore wrote through the symlink");
+
+    // A checkpoint directory holding a symlink that leaves it: not captured.
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(
+        slot.path(),
+        store.path().to_str().unwrap(),
+        "capture-link",
+        &[],
+        &[],
+        &["sh", "-c", "echo data > $BATON_CHECKPOINT_DIR/a && ln -s /etc/hostname $BATON_CHECKPOINT_DIR/escape"],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("skipping a symlink"), "{}", text(&out.stderr));
+    let o = baton().args(["inspect", "--store", store.path().to_str().unwrap(), "capture-link", "1", "--json"]).output().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let paths: Vec<_> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
+    assert_eq!(paths, ["a"]);
+}
+
+#[test]
+fn restore_and_prune_round_trip() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "rt");
+    let latest = manifest(manifests.last().unwrap());
+    let to = tempfile::tempdir().unwrap();
+    let target = to.path().join("out");
+    let out = baton().args(["restore", "--store", s, "rt", "--to", target.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in latest["files"].as_array().unwrap() {
+        let data = std::fs::read(target.join(f["path"].as_str().unwrap())).unwrap();
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&data)), f["sha256"].as_str().unwrap());
+    }
+    let before = manifests.len();
+    let out = baton().args(["prune", "--store", s, "rt", "--keep", "1", "--grace", "0s", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["checkpoints"].as_array().unwrap().len(), before - 1);
+    assert!(plan["chunks"].as_u64().unwrap() > 0, "old weights.bin chunks are unreferenced now");
+    // What is left is whole.
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

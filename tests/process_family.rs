@@ -1,0 +1,91 @@
+//! Signal and process-family semantics, with real signals to real processes: nothing
+//! the command starts outlives baton, and baton is gone before the hard kill.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn read_pids(pidfile: &Path) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(pidfile) {
+            return s.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the command never wrote its pids");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn misbehave(slot: &Path, store: &Path, extra_baton: &[&str], extra: &[&str]) -> (std::process::Child, Vec<i32>) {
+    let pidfile = slot.join("pids");
+    let fixture = fixture("misbehave.py");
+    let mut cmd = vec!["python3", fixture.to_str().unwrap(), "--pidfile", pidfile.to_str().unwrap()];
+    cmd.extend_from_slice(extra);
+    let child = spawn_run(slot, store.to_str().unwrap(), "family", &[], extra_baton, &cmd);
+    let pids = read_pids(&pidfile);
+    (child, pids)
+}
+
+#[test]
+fn a_trainer_that_ignores_sigterm_is_killed_and_baton_exits_within_the_window() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut child, pids) = misbehave(slot.path(), store.path(), &["--vacate-window", "6s"], &["--ignore-term", "--children", "2"]);
+    assert_eq!(pids.len(), 3);
+    let t0 = Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let took = t0.elapsed();
+    // Killed by baton at the end of its share (3 s), baton gone before the window ends.
+    assert!(took >= Duration::from_secs_f64(2.5), "killed too early: {took:?}");
+    assert!(took < Duration::from_secs(6), "baton outlived the vacate window: {took:?}");
+    assert_eq!(status.code(), Some(137), "the command died by SIGKILL: 128 + 9");
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} survived baton");
+    }
+    let err = text(&child.wait_with_output().unwrap().stderr);
+    assert!(err.contains("killing its process group"), "{err}");
+}
+
+#[test]
+fn forked_and_daemonized_grandchildren_are_signalled_and_reaped() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut child, pids) = misbehave(slot.path(), store.path(), &["--vacate-window", "10s"], &["--children", "3", "--daemon"]);
+    assert_eq!(pids.len(), 5);
+    let t0 = Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    // The group members die of the forwarded SIGTERM at once; the daemon left the group
+    // and is found as an orphan re-parented to baton (a subreaper) and killed.
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} survived baton");
+    }
+}
+
+#[test]
+fn the_command_dies_with_baton_even_on_sigkill() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut child, pids) = misbehave(slot.path(), store.path(), &[], &["--ignore-term"]);
+    send_signal(child.id(), libc::SIGKILL);
+    wait_with_timeout(&mut child, Duration::from_secs(10));
+    let start = Instant::now();
+    while alive(pids[0]) {
+        assert!(start.elapsed() < Duration::from_secs(5), "the command outlived a SIGKILLed baton");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exit_status_passes_through_like_an_init() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = store.path().to_str().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "codes", &[], &[], &["sh", "-c", "exit 3"]));
+    assert_eq!(out.status.code(), Some(3));
+    let out = output_of(spawn_run(slot.path(), s, "codes", &[], &[], &["sh", "-c", "kill -USR2 $$"]));
+    assert_eq!(out.status.code(), Some(128 + libc::SIGUSR2));
+    let err = text(&out.stderr);
+    assert!(err.contains("signal 12"), "{err}");
+}
