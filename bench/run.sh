@@ -124,6 +124,10 @@ bench_baselines() {
     measure sha256sum "$bytes" sha256sum "$f"
     measure zstd-1 "$bytes" zstd -q -1 -T1 -c "$f"
     measure zstd-1-T0 "$bytes" zstd -q -1 -T0 -c "$f"
+    # coreutils' sha256sum does not use the CPU's SHA instructions; OpenSSL (and baton) do.
+    if command -v openssl >/dev/null; then
+        measure openssl-sha256 "$bytes" openssl dgst -sha256 "$f"
+    fi
     rm -f "$OUT/copy.bin"
     measure cp "$bytes" cp "$f" "$OUT/copy.bin"
     rm -f "$OUT/copy.bin"
@@ -164,6 +168,7 @@ record_machine() {
         echo "small_mb=$BENCH_SMALL_MB"
         echo "reps=$BENCH_REPS"
         echo "nproc=$(nproc)"
+        echo "sha_ni=$(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)"
         echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
         echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
         echo "kernel=$(uname -sr)"
@@ -172,7 +177,8 @@ record_machine() {
         echo "commit=$commit$dirty"
         echo "baton=$("$BATON" --version)"
         echo "sha256sum=$(sha256sum --version | head -n1)"
-        echo "zstd=$(zstd --version)"
+        echo "zstd=zstd $(zstd -q -V)"
+        echo "openssl=$(openssl version 2>/dev/null | cut -d' ' -f1-2 || echo "no openssl")"
         echo "moto=$("$PY" -c 'import moto; print(moto.__version__)')"
     } >"$FACTS"
 }

@@ -256,6 +256,13 @@ impl Supervisor {
         }
     }
 
+    /// When the flush must stop: leaves a slice before the exit deadline for the
+    /// attempt record.
+    fn flush_deadline(&self) -> Option<Instant> {
+        let allowance = (self.cfg.vacate_window / 20).min(Duration::from_secs(1));
+        self.exit_deadline().map(|d| d - allowance)
+    }
+
     /// When baton must be gone: the end of the vacate window, less a safety margin.
     fn exit_deadline(&self) -> Option<Instant> {
         match self.phase {
@@ -455,7 +462,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let drain_seconds = match sv.phase { Phase::Draining { since, .. } => Some(since.elapsed().as_secs_f64()), _ => None };
     let flush_start = Instant::now();
     while !sv.outstanding.is_empty() {
-        let deadline = sv.exit_deadline();
+        let deadline = sv.flush_deadline();
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
             tracing::info!("flushing {} checkpoint(s), {:.1} s left before the hard kill", sv.outstanding.len(), left.as_secs_f64());

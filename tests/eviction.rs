@@ -97,3 +97,36 @@ fn socket_commits_work_without_the_baton_binary() {
     );
     assert_eq!(digest, reference_digest(TRAINER_ARGS), "{logs}");
 }
+
+#[test]
+fn a_flush_that_cannot_finish_in_time_leaves_the_previous_checkpoint_latest() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    // Commits a small epoch 1, then on SIGTERM commits 64 MB that zstd -19 cannot
+    // compress within the 4 s window.
+    let script = r#"
+        D=$BATON_CHECKPOINT_DIR
+        head -c 1000 /dev/urandom > $D/a && "$BATON_BIN" commit --epoch 1 || exit 1
+        trap 'head -c 64000000 /dev/urandom > $D/big; "$BATON_BIN" commit --epoch 2; exit 143' TERM
+        echo ready; while :; do sleep 0.05; done"#;
+    let mut child = spawn_run(slot.path(), s, "slow", &[], &["--vacate-window", "4s", "--zstd-level", "19", "--upload-concurrency", "1"], &["sh", "-c", script]);
+    // Wait until epoch 1 is durable.
+    let start = std::time::Instant::now();
+    while !store.path().join("runs/slow/checkpoints/0000000001.json").exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "epoch 1 never became durable");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let t0 = std::time::Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    wait_with_timeout(&mut child, std::time::Duration::from_secs(30));
+    let took = t0.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(took < std::time::Duration::from_secs(4), "baton outlived the window: {took:?}\n{err}");
+    assert!(err.contains("FLUSH INCOMPLETE"), "{err}");
+    let seqs: Vec<_> = std::fs::read_dir(store.path().join("runs/slow/checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(seqs.len(), 1, "only checkpoint 1 may be visible: {seqs:?}");
+    let out = baton().args(["verify", "--store", s, "slow"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

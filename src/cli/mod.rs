@@ -123,6 +123,9 @@ pub fn main() -> i32 {
             Command::Commit(a) => commit::run(a).await,
         }
     });
+    // Do not wait for blocking work still in flight (a compression the flush deadline
+    // cut short): baton must be gone before the hard kill.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(e) => {

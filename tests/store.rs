@@ -1,0 +1,62 @@
+//! Store semantics through the binary: content addressing shares chunks across runs and
+//! checkpoints; manifests are the commit.
+
+mod common;
+use common::*;
+
+fn manifest_json(store: &str, run: &str, seq: u64) -> serde_json::Value {
+    let out = baton().args(["inspect", "--store", store, run, &seq.to_string(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn chunks_already_in_the_store_are_not_uploaded_again() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // The same 3 MiB "base weights" in two runs, plus a file that differs.
+    let script = r#"
+        python3 -c "import random,sys; r=random.Random(7); sys.stdout.buffer.write(bytes(r.getrandbits(8) for _ in range(3*1024*1024)))" > $BATON_CHECKPOINT_DIR/base.bin
+        echo "$BATON_RUN_ID" > $BATON_CHECKPOINT_DIR/own.txt"#;
+    for run in ["ens-1", "ens-2"] {
+        let slot = tempfile::tempdir().unwrap();
+        let out = output_of(spawn_run(slot.path(), s, run, &[], &[], &["sh", "-c", script]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let first = manifest_json(s, "ens-1", 1);
+    let second = manifest_json(s, "ens-2", 1);
+    let base = 3 * 1024 * 1024;
+    assert!(first["sizes"]["new_bytes"].as_u64().unwrap() >= base);
+    // Only own.txt was new for the second run.
+    assert_eq!(second["sizes"]["new_bytes"].as_u64().unwrap(), 6, "{}", second["sizes"]);
+    assert_eq!(second["sizes"]["logical_bytes"].as_u64().unwrap(), base + 6);
+    let files = |m: &serde_json::Value| m["files"].as_array().unwrap().iter().find(|f| f["path"] == "base.bin").unwrap()["chunks"].clone();
+    assert_eq!(files(&first), files(&second), "the same bytes must map to the same chunks");
+}
+
+#[test]
+fn files_are_captured_at_commit_time_even_if_overwritten_right_after() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    // Overwrite in place (same inode) immediately after each commit returns.
+    let script = r#"
+        D=$BATON_CHECKPOINT_DIR
+        for e in 1 2 3; do
+          head -c 2000000 /dev/zero | tr '\0' "$e" > $D/w.bin
+          "$BATON_BIN" commit --epoch $e || exit 1
+          head -c 2000000 /dev/zero | tr '\0' 'X' > $D/w.bin
+        done
+        head -c 10 /dev/zero > $D/w.bin"#;
+    let out = output_of(spawn_run(slot.path(), s, "inplace", &[], &[], &["sh", "-c", script]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for e in 1..=3u8 {
+        let to = tempfile::tempdir().unwrap();
+        let target = to.path().join("r");
+        let o = baton().args(["restore", "--store", s, "inplace", &e.to_string(), "--to", target.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let data = std::fs::read(target.join("w.bin")).unwrap();
+        assert_eq!(data.len(), 2_000_000);
+        assert!(data.iter().all(|&b| b == b'0' + e), "checkpoint {e} holds bytes of another epoch");
+    }
+}
