@@ -365,6 +365,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         final_seq: None,
     };
 
+    // Evicted while restoring: starting the command now would only waste the window.
+    while let Some(Some(sig)) = futures::FutureExt::now_or_never(sigs.next()) {
+        if sig != SIGCHLD {
+            tracing::warn!("eviction signal {sig} arrived before the command started; not starting it");
+            sv.phase = Phase::Draining { since: Instant::now(), signal: sig, killed: true };
+            end_record(&sv, Ending::Evicted, None, None, None).await;
+            let _ = std::fs::remove_file(&socket);
+            return Ok(128 + sig);
+        }
+    }
+
     let (env, unset) = sv.env(&socket);
     sv.child = match process::spawn(&sv.cfg.command, &env, &unset) {
         Ok(pid) => pid,

@@ -119,25 +119,10 @@ impl Store {
         self.backend.head(&chunk_key(hash)).await
     }
 
+    /// Create-only: a chunk that already exists under its hash is the same content
+    /// (possibly encoded at another zstd level), so "already exists" is success.
     pub async fn put_chunk(&self, hash: &str, stored: Bytes) -> Result<PutOutcome> {
-        let key = chunk_key(hash);
-        let size = stored.len() as u64;
-        let outcome = self.backend.put(&key, stored, true).await?;
-        if outcome == PutOutcome::AlreadyExists {
-            // A chunk with the same hash is the same content; only a different size could
-            // mean an interrupted or foreign write, and then it is not ours to replace.
-            match self.backend.head(&key).await? {
-                Some(_) => {}
-                None => {
-                    return Err(StoreError::Backend {
-                        op: "put",
-                        key,
-                        detail: format!("server said it exists but it cannot be found ({size} bytes)"),
-                    })
-                }
-            }
-        }
-        Ok(outcome)
+        self.backend.put(&chunk_key(hash), stored, true).await
     }
 
     pub async fn get_chunk(&self, hash: &str, limit: u64) -> Result<Bytes> {
