@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 BENCH_MB=${BENCH_MB:-1024}
-BENCH_SMALL_MB=${BENCH_SMALL_MB:-$((BENCH_MB / 4))}
+BENCH_SMALL_MB=${BENCH_SMALL_MB:-$((BENCH_MB >= 4 ? BENCH_MB / 4 : 1))}
 BENCH_REPS=${BENCH_REPS:-3}
 BATON=${BATON:-$ROOT/target/release/baton}
 
@@ -45,7 +45,7 @@ ensure_tools() {
         local sudo=; ((EUID == 0)) || sudo=sudo
         say "installing ${missing[*]}"
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
 
@@ -112,11 +112,13 @@ fresh_bucket() {
 
 # --- measuring -----------------------------------------------------------------------
 
-# measure LABEL BYTES COMMAND...: time one run, append it to $RESULTS.
+# measure LABEL BYTES COMMAND...: time one run, append it to $RESULTS. For S3 labels the
+# CPU time moto used meanwhile is recorded too: it runs on the same cores.
 measure() {
-    local label=$1 bytes=$2
+    local label=$1 bytes=$2 server=()
     shift 2
-    "$PY" bench/measure.py "$RESULTS" "$label" "$REP" "$bytes" "$LOGS/$label.$REP.log" -- "$@"
+    [[ $label != s3-* ]] || server=(--server "$MOTO_PID")
+    "$PY" bench/measure.py "$RESULTS" "$label" "$REP" "$bytes" "$LOGS/$label.$REP.log" "${server[@]}" -- "$@"
 }
 
 bench_baselines() {
@@ -133,19 +135,42 @@ bench_baselines() {
     rm -f "$OUT/copy.bin"
 }
 
-# bench_store KIND URL CKPT_DIR BYTES [SUFFIX]: into a store that is empty.
-# A first upload, then the same bytes again under another run id (every chunk is
-# already there: HEAD requests only), then a restore of the first into a new directory.
+# upload LABEL URL DIR BYTES RUN_ID [VAR=VALUE...]: `baton run` of a command that exits
+# at once; baton captures DIR as the final checkpoint and uploads it before exiting.
+upload() {
+    local label=$1 url=$2 dir=$3 bytes=$4 run=$5
+    shift 5
+    measure "$label" "$bytes" env "$@" "$BATON" run --store "$url" --run-id "$run" --dir "$dir" --device cpu -- true
+}
+
+# restore LABEL URL DIR BYTES [VAR=VALUE...]: restore run `bench` and compare it with DIR.
+restore() {
+    local label=$1 url=$2 dir=$3 bytes=$4 restored=$OUT/restored
+    shift 4
+    rm -rf "$restored"
+    measure "$label" "$bytes" env "$@" "$BATON" restore --store "$url" bench --to "$restored"
+    cmp "$dir/weights.bin" "$restored/weights.bin" || die "$label: the restored file differs from the original"
+    rm -rf "$restored"
+}
+
+# bench_store KIND URL: into an empty store, a first upload; the same bytes again under
+# another run id (every chunk is already there: existence checks only); a restore.
 bench_store() {
-    local kind=$1 url=$2 dir=$3 bytes=$4 suffix=${5:-} restored=$OUT/restored
-    measure "$kind-upload$suffix" "$bytes" \
-        "$BATON" run --store "$url" --run-id bench --dir "$dir" --device cpu -- true
-    [[ -n $suffix ]] || measure "$kind-upload-dedup" "$bytes" \
-        "$BATON" run --store "$url" --run-id bench-again --dir "$dir" --device cpu -- true
-    rm -rf "$restored"
-    measure "$kind-restore$suffix" "$bytes" "$BATON" restore --store "$url" bench --to "$restored"
-    cmp "$dir/weights.bin" "$restored/weights.bin" || die "$kind restore differs from the original"
-    rm -rf "$restored"
+    local kind=$1 url=$2
+    upload "$kind-upload" "$url" "$CKPT" "$BYTES" bench
+    upload "$kind-upload-dedup" "$url" "$CKPT" "$BYTES" bench-again
+    restore "$kind-restore" "$url" "$CKPT" "$BYTES"
+}
+
+# bench_memory DIR BYTES SUFFIX [VAR=VALUE...]: upload and restore through a fresh
+# directory store, for peak RSS at another size or with another malloc setting.
+bench_memory() {
+    local dir=$1 bytes=$2 suffix=$3 store=$OUT/store-mem
+    shift 3
+    rm -rf "$store"
+    upload "dir-upload$suffix" "$store" "$dir" "$bytes" bench "$@"
+    restore "dir-restore$suffix" "$store" "$dir" "$bytes" "$@"
+    rm -rf "$store"
 }
 
 # Sizes that explain the throughput: what zstd -1 and baton's chunks make of the bytes.
@@ -164,6 +189,7 @@ record_machine() {
         dirty=" (with uncommitted changes to src/ or Cargo files)"
     fi
     {
+        echo "command=BENCH_MB=$BENCH_MB BENCH_SMALL_MB=$BENCH_SMALL_MB BENCH_REPS=$BENCH_REPS make bench"
         echo "bench_mb=$BENCH_MB"
         echo "small_mb=$BENCH_SMALL_MB"
         echo "reps=$BENCH_REPS"
@@ -185,7 +211,7 @@ record_machine() {
 
 cleanup() {
     stop_moto
-    rm -rf "$OUT/store-dir" "$OUT/store-small" "$OUT/restored" "$OUT/copy.bin" "$OUT/.baton-ckpt" "$OUT/.baton-ckpt-small"
+    rm -rf "$OUT"/store-* "$OUT/restored" "$OUT/copy.bin" "$OUT"/.baton-ckpt*
 }
 
 main() {
@@ -199,24 +225,25 @@ main() {
     mkdir -p "$LOGS"
     gen_ckpt "$CKPT" "$BENCH_MB"
     gen_ckpt "$SMALL" "$BENCH_SMALL_MB"
-    local bytes small_bytes
-    bytes=$(stat -c %s "$CKPT/weights.bin")
+    BYTES=$(stat -c %s "$CKPT/weights.bin")
+    local small_bytes
     small_bytes=$(stat -c %s "$SMALL/weights.bin")
     record_machine
     start_moto
 
+    # Repetitions are interleaved, so that a noisy minute hurts one sample of each.
     for REP in $(seq "$BENCH_REPS"); do
         say "repetition $REP of $BENCH_REPS"
-        bench_baselines "$bytes"
-        rm -rf "$OUT/store-dir"
-        bench_store dir "$OUT/store-dir" "$CKPT" "$bytes"
+        bench_baselines "$BYTES"
+        bench_store dir "$OUT/store-dir"
         ((REP > 1)) || record_sizes
-        rm -rf "$OUT/store-dir" "$OUT/store-small"
-        bench_store dir "$OUT/store-small" "$SMALL" "$small_bytes" -small
-        rm -rf "$OUT/store-small"
+        rm -rf "$OUT/store-dir"
         fresh_bucket
-        bench_store s3 "s3://$BUCKET/rep$REP" "$CKPT" "$bytes"
+        bench_store s3 "s3://$BUCKET/rep$REP"
         fresh_bucket
+        bench_memory "$SMALL" "$small_bytes" -small
+        bench_memory "$SMALL" "$small_bytes" -small-arena1 MALLOC_ARENA_MAX=1
+        bench_memory "$CKPT" "$BYTES" -arena1 MALLOC_ARENA_MAX=1
     done
 
     "$PY" bench/report.py "$RESULTS" "$FACTS" "$REPORT"

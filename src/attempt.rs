@@ -69,6 +69,9 @@ pub struct EndRecord {
     pub durable: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eviction_signal: Option<i32>,
+    /// When the eviction signal arrived (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted_at: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_seconds: Option<f64>,
     /// Seconds from the eviction signal until the command had exited.

@@ -114,6 +114,32 @@ pub fn reap(main: Option<Pid>) -> Option<Exit> {
     found
 }
 
+/// Every descendant of `root` right now (children, grandchildren ...), from /proc.
+pub fn descendants(root: i32) -> Vec<Pid> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![];
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(pid, ppid) in &parent_of {
+            if ppid == p {
+                out.push(Pid::from_raw(pid));
+                frontier.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Children of this process right now (including re-parented orphans), from /proc.
 pub fn children() -> Vec<Pid> {
     let me = std::process::id() as i32;

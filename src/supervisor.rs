@@ -125,7 +125,7 @@ pub fn describe(m: &Manifest) -> String {
 
 enum Phase {
     Running,
-    Draining { since: Instant, signal: i32, killed: bool },
+    Draining { since: Instant, at: f64, signal: i32, killed: bool },
 }
 
 struct Supervisor {
@@ -241,7 +241,7 @@ impl Supervisor {
                 w,
                 self.cfg.window_source
             );
-            self.phase = Phase::Draining { since: Instant::now(), signal: sig, killed: false };
+            self.phase = Phase::Draining { since: Instant::now(), at: attempt::now(), signal: sig, killed: false };
             self.newest_only.store(true, Ordering::SeqCst);
         }
         process::signal_group(self.child, fwd);
@@ -369,7 +369,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     while let Some(Some(sig)) = futures::FutureExt::now_or_never(sigs.next()) {
         if sig != SIGCHLD {
             tracing::warn!("eviction signal {sig} arrived before the command started; not starting it");
-            sv.phase = Phase::Draining { since: Instant::now(), signal: sig, killed: true };
+            sv.phase = Phase::Draining { since: Instant::now(), at: attempt::now(), signal: sig, killed: true };
             end_record(&sv, Ending::Evicted, None, None, None).await;
             let _ = std::fs::remove_file(&socket);
             return Ok(128 + sig);
@@ -522,6 +522,7 @@ async fn end_record(sv: &Supervisor, ending: Ending, exit: Option<Exit>, timing:
         committed: sv.committed.clone(),
         durable: sv.durable.clone(),
         eviction_signal: match sv.phase { Phase::Draining { signal, .. } => Some(signal), _ => None },
+        evicted_at: match sv.phase { Phase::Draining { at, .. } => Some(at), _ => None },
         flush_seconds: timing.map(|t| t.0),
         drain_seconds: timing.and_then(|t| t.1),
         error,

@@ -6,6 +6,7 @@ mod inspect;
 mod prune;
 mod restore;
 mod run;
+mod simulate;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -71,6 +72,7 @@ fn default_store_dir() -> std::path::PathBuf {
 #[derive(Subcommand)]
 enum Command {
     Run(run::Args),
+    Simulate(simulate::Args),
     Inspect(inspect::Args),
     Verify(verify::Args),
     Restore(restore::Args),
@@ -116,6 +118,7 @@ pub fn main() -> i32 {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(a) => run::run(a).await,
+            Command::Simulate(a) => simulate::run(a).await,
             Command::Inspect(a) => inspect::run(a).await,
             Command::Verify(a) => verify::run(a).await,
             Command::Restore(a) => restore::run(a).await,

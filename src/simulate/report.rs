@@ -1,0 +1,241 @@
+//! The simulation report, computed from what happened: the attempt records and the
+//! manifests in the store, plus what the simulator itself observed (which slot each
+//! attempt had, and when it pulled the plug on a hard eviction, which leaves no record).
+
+use serde::Serialize;
+
+use crate::attempt::{EndRecord, Ending, StartRecord};
+use crate::manifest::Manifest;
+
+use super::schedule::Kind;
+
+/// What the simulator saw of one attempt.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub attempt: u64,
+    pub slot: String,
+    /// When the simulator started the attempt's `baton run` (Unix seconds).
+    pub spawned_at: f64,
+    /// The eviction applied to this attempt, and when (Unix seconds).
+    pub eviction: Option<(Kind, f64)>,
+    /// When the attempt's process was gone (Unix seconds).
+    pub gone_at: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub attempt: u64,
+    pub slot: String,
+    pub device: String,
+    /// Seconds since the first attempt started.
+    pub start: f64,
+    pub duration: f64,
+    pub ending: String,
+    pub restored_seq: Option<u64>,
+    pub restored_epoch: Option<u64>,
+    pub committed: Vec<u64>,
+    /// Seconds of training this attempt did after its last durable checkpoint, lost to
+    /// its eviction and redone by the next attempt.
+    pub work_lost: f64,
+    pub restore_seconds: f64,
+    pub flush_seconds: Option<f64>,
+    /// Seconds since the first attempt started.
+    pub evicted_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Totals {
+    pub attempts: usize,
+    pub evictions: usize,
+    pub soft: usize,
+    pub hard: usize,
+    pub wall_seconds: f64,
+    pub useful_seconds: f64,
+    pub goodput: f64,
+    pub work_lost_seconds: f64,
+    pub work_lost_per_eviction: f64,
+    pub restore_seconds: f64,
+    pub flush_seconds: f64,
+    pub logical_bytes: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+pub struct AttemptRecords {
+    pub start: StartRecord,
+    pub end: Option<EndRecord>,
+}
+
+/// Rows and totals. `records` are indexed by attempt number; `manifests` are every
+/// checkpoint of the run in the store.
+pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[Manifest]) -> (Vec<AttemptRow>, Totals) {
+    let t0 = records.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);
+    let mut rows = Vec::new();
+    let mut totals = Totals::default();
+    let mut last_end = t0;
+    for rec in records {
+        let s = &rec.start;
+        let obs = observed.iter().find(|o| o.attempt == s.attempt);
+        let train_start = s.started + s.restore_seconds;
+        // When training stopped: the eviction signal (or the plug pulled), else the
+        // command's exit (the end record's time less the final flush).
+        let (stopped, end) = match (&rec.end, obs.and_then(|o| o.eviction)) {
+            (Some(e), _) if e.evicted_at.is_some() => (e.evicted_at.unwrap_or(e.ended), e.ended),
+            (Some(e), _) => (e.ended - e.flush_seconds.unwrap_or(0.0), e.ended),
+            (None, Some((_, at))) => (at, obs.map(|o| o.gone_at).unwrap_or(at)),
+            (None, None) => {
+                let gone = obs.map(|o| o.gone_at).unwrap_or(s.started);
+                (gone, gone)
+            }
+        };
+        let evicted = rec.end.as_ref().is_some_and(|e| e.ending == Ending::Evicted) || (rec.end.is_none() && obs.is_some_and(|o| o.eviction.is_some()));
+        let mine: Vec<&Manifest> = manifests.iter().filter(|m| m.attempt == s.attempt).collect();
+        let last_save = mine.iter().map(|m| m.created).fold(train_start, f64::max);
+        let work_lost = if evicted { (stopped - last_save).max(0.0) } else { 0.0 };
+        let useful = ((stopped - train_start) - work_lost).max(0.0);
+        let restored_epoch = s.restored_seq.and_then(|seq| manifests.iter().find(|m| m.seq == seq)).and_then(|m| m.epoch);
+        let ending = match (&rec.end, obs.and_then(|o| o.eviction)) {
+            (_, Some((Kind::Hard, _))) => "hard-evicted".to_string(),
+            (Some(e), Some((Kind::Soft, _))) if e.ending == Ending::Evicted => "evicted".to_string(),
+            (Some(e), _) => format!("{:?}", e.ending).to_lowercase(),
+            (None, _) => "lost (no record)".to_string(),
+        };
+        if evicted {
+            totals.evictions += 1;
+            match obs.and_then(|o| o.eviction) {
+                Some((Kind::Hard, _)) => totals.hard += 1,
+                _ => totals.soft += 1,
+            }
+        }
+        totals.useful_seconds += useful;
+        totals.work_lost_seconds += work_lost;
+        totals.restore_seconds += s.restore_seconds;
+        let flush = rec.end.as_ref().and_then(|e| e.flush_seconds);
+        totals.flush_seconds += flush.unwrap_or(0.0);
+        last_end = last_end.max(end);
+        rows.push(AttemptRow {
+            attempt: s.attempt,
+            slot: obs.map(|o| o.slot.clone()).unwrap_or_else(|| "?".into()),
+            device: s.device.clone(),
+            start: s.started - t0,
+            duration: end - s.started,
+            ending,
+            restored_seq: s.restored_seq,
+            restored_epoch,
+            committed: mine.iter().map(|m| m.seq).collect(),
+            work_lost,
+            restore_seconds: s.restore_seconds,
+            flush_seconds: flush,
+            evicted_at: if evicted { Some(stopped - t0) } else { None },
+        });
+    }
+    for m in manifests {
+        totals.logical_bytes += m.sizes.logical_bytes;
+        totals.new_bytes += m.sizes.new_bytes;
+        totals.stored_bytes += m.sizes.stored_bytes;
+    }
+    totals.attempts = rows.len();
+    totals.wall_seconds = if rows.is_empty() { 0.0 } else { last_end - t0 };
+    totals.goodput = if totals.wall_seconds > 0.0 { totals.useful_seconds / totals.wall_seconds } else { 0.0 };
+    totals.work_lost_per_eviction = if totals.evictions > 0 { totals.work_lost_seconds / totals.evictions as f64 } else { 0.0 };
+    (rows, totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{JobIds, Reason, Sizes, FORMAT};
+
+    fn start(n: u64, started: f64, restore: f64, restored: Option<u64>) -> StartRecord {
+        StartRecord {
+            format: 1,
+            run_id: "r".into(),
+            attempt: n,
+            host: "h".into(),
+            device: "cpu".into(),
+            started,
+            restored_seq: restored,
+            skipped_damaged: vec![],
+            restore_seconds: restore,
+            vacate_window_seconds: 30.0,
+            vacate_window_source: "test".into(),
+            htcondor: JobIds::default(),
+            baton_version: "t".into(),
+        }
+    }
+
+    fn end(n: u64, ended: f64, ending: Ending, evicted_at: Option<f64>, flush: f64) -> EndRecord {
+        EndRecord {
+            format: 1,
+            attempt: n,
+            ended,
+            ending,
+            exit_code: Some(0),
+            signal: None,
+            committed: vec![],
+            durable: vec![],
+            eviction_signal: evicted_at.map(|_| 15),
+            evicted_at,
+            flush_seconds: Some(flush),
+            drain_seconds: None,
+            error: None,
+        }
+    }
+
+    fn manifest(seq: u64, attempt: u64, created: f64, epoch: u64) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            run_id: "r".into(),
+            seq,
+            created,
+            reason: Reason::Commit,
+            attempt,
+            epoch: Some(epoch),
+            step: None,
+            meta: Default::default(),
+            host: "h".into(),
+            device: "cpu".into(),
+            htcondor: JobIds::default(),
+            writer: "w".into(),
+            files: vec![],
+            sizes: Sizes { logical_bytes: 100, new_bytes: 60, stored_bytes: 50, ..Default::default() },
+        }
+    }
+
+    /// Worked by hand:
+    /// attempt 1: starts at 100, restores for 1 s (trains from 101), saves at 111 and 121,
+    ///   soft eviction at 126, flushed and gone at 128: lost 126-121 = 5, useful 25-5 = 20.
+    /// attempt 2: starts 128.5, restores 2 s (130.5), saves at 135, hard-killed at 140 (no
+    ///   end record): lost 140-135 = 5, useful 9.5-5 = 4.5.
+    /// attempt 3: starts 141, restores 1 s (142), exits at 158, final flush 2 s, ends 160:
+    ///   useful 16.
+    /// wall 160-100 = 60, useful 40.5, goodput 0.675, lost per eviction 10/2 = 5.
+    #[test]
+    fn matches_a_hand_computed_case() {
+        let records = vec![
+            AttemptRecords { start: start(1, 100.0, 1.0, None), end: Some(end(1, 128.0, Ending::Evicted, Some(126.0), 1.5)) },
+            AttemptRecords { start: start(2, 128.5, 2.0, Some(2)), end: None },
+            AttemptRecords { start: start(3, 141.0, 1.0, Some(3)), end: Some(end(3, 160.0, Ending::Completed, None, 2.0)) },
+        ];
+        let observed = vec![
+            Observed { attempt: 1, slot: "t4-16gb".into(), spawned_at: 99.9, eviction: Some((Kind::Soft, 126.0)), gone_at: 128.0 },
+            Observed { attempt: 2, slot: "cpu".into(), spawned_at: 128.4, eviction: Some((Kind::Hard, 140.0)), gone_at: 140.1 },
+            Observed { attempt: 3, slot: "a100-40gb".into(), spawned_at: 140.9, eviction: None, gone_at: 160.0 },
+        ];
+        let manifests = vec![manifest(1, 1, 111.0, 1), manifest(2, 1, 121.0, 2), manifest(3, 2, 135.0, 3), manifest(4, 3, 159.0, 5)];
+        let (rows, t) = compute(&observed, &records, &manifests);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(rows[0].work_lost, 5.0), "{}", rows[0].work_lost);
+        assert!(close(rows[1].work_lost, 5.0), "{}", rows[1].work_lost);
+        assert!(close(rows[2].work_lost, 0.0));
+        assert!(close(t.wall_seconds, 60.0));
+        assert!(close(t.useful_seconds, 40.5), "{}", t.useful_seconds);
+        assert!(close(t.goodput, 0.675), "{}", t.goodput);
+        assert!(close(t.work_lost_per_eviction, 5.0));
+        assert_eq!((t.evictions, t.soft, t.hard), (2, 1, 1));
+        assert_eq!(rows[1].ending, "hard-evicted");
+        assert_eq!(rows[1].restored_epoch, Some(2));
+        assert_eq!(rows[0].committed, vec![1, 2]);
+        assert_eq!(t.stored_bytes, 200);
+    }
+}
