@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit bench dist clean venv
+.PHONY: all build demo test unit bench dist clean venv tools
 
 all: build
 
@@ -20,12 +20,19 @@ $(VENV)/.installed: requirements-test.txt
 
 venv: $(VENV)/.installed
 
-# Local preemption demo: the example trainer, evicted with SIGTERM, restarted on an
-# empty directory, resumes from its checkpoint in the default (directory) store.
-demo: build
+# A real SVG renderer for the timeline checks (Debian's librsvg2-bin).
+tools:
+	@command -v rsvg-convert >/dev/null || { \
+	  echo "installing librsvg2-bin (rsvg-convert) for the SVG checks"; \
+	  (apt-get install -y -q librsvg2-bin >/dev/null 2>&1 || \
+	   { apt-get update -q >/dev/null && apt-get install -y -q librsvg2-bin >/dev/null; }) ; }
+
+# Local preemption simulation of the example trainer on the default (directory)
+# store: evictions over mixed simulated slots, --verify, and a timeline picture.
+demo: build tools
 	bash fixtures/demo.sh $(BATON) $(DEMO)
 
-test: venv
+test: venv tools
 	BATON_TEST_MOTO=$(abspath $(VENV))/bin/moto_server cargo test -- --test-threads 4
 
 unit:

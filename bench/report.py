@@ -15,16 +15,18 @@ MAIN_ROWS = {
     "sha256sum": ("`sha256sum` (baseline)", "-"),
     "zstd-1": ("`zstd -1 -T1 -c > /dev/null` (baseline)", "-"),
     "zstd-1-T0": ("`zstd -1 -T0 -c > /dev/null` (both cores)", "-"),
+    "zstd-d": ("`zstd -d -c > /dev/null` of the `zstd -1` output (reference)", "-"),
     "openssl-sha256": ("`openssl dgst -sha256` (reference)", "-"),
     "cp": ("`cp` to a new file (reference)", "-"),
     "dir-upload": ("baton upload, empty store", "directory"),
     "dir-upload-dedup": ("baton upload, same bytes again", "directory"),
+    "dir-upload-raw": ("baton upload, empty store, `--zstd-level 0`", "directory"),
     "dir-restore": ("baton restore", "directory"),
     "s3-upload": ("baton upload, empty store", "S3 (moto)"),
     "s3-upload-dedup": ("baton upload, same bytes again", "S3 (moto)"),
     "s3-restore": ("baton restore", "S3 (moto)"),
 }
-UPLOADS = ("dir-upload", "dir-upload-dedup", "s3-upload", "s3-upload-dedup")
+UPLOADS = ("dir-upload", "dir-upload-dedup", "dir-upload-raw", "s3-upload", "s3-upload-dedup")
 FIELDS = ("bytes", "wall", "rss", "cpu", "server_cpu", "capture", "upload")
 
 
@@ -158,6 +160,8 @@ both from `wait4(2)`.
 - **"Same bytes again"** uploads the unchanged directory under a second run id into the same
   store: every chunk is already there, so baton still copies, chunks and hashes everything
   but only checks that each chunk exists (HEAD requests; `stat` for the directory store).
+- **`--zstd-level 0`** is the first upload again with compression off (chunks stored raw),
+  to show what compressing costs.
 - **Restore** is `baton restore --store URL RUN --to NEWDIR`: download, decompress, check
   each chunk's hash, write, and check the whole file's hash.
 - **Directory store** chunk writes are fsynced (temporary file, `fsync`, link into place),

@@ -26,6 +26,7 @@ SMALL=$OUT/ckpt-small
 RESULTS=$OUT/results.tsv
 FACTS=$OUT/facts.txt
 LOGS=$OUT/logs
+ZST=$OUT/weights.bin.zst
 REPORT=$ROOT/docs/benchmarks.md
 BUCKET=bench
 MOTO_PID=
@@ -126,6 +127,7 @@ bench_baselines() {
     measure sha256sum "$bytes" sha256sum "$f"
     measure zstd-1 "$bytes" zstd -q -1 -T1 -c "$f"
     measure zstd-1-T0 "$bytes" zstd -q -1 -T0 -c "$f"
+    measure zstd-d "$bytes" zstd -q -d -c "$ZST"
     # coreutils' sha256sum does not use the CPU's SHA instructions; OpenSSL (and baton) do.
     if command -v openssl >/dev/null; then
         measure openssl-sha256 "$bytes" openssl dgst -sha256 "$f"
@@ -162,6 +164,15 @@ bench_store() {
     restore "$kind-restore" "$url" "$CKPT" "$BYTES"
 }
 
+# The same upload without compression (--zstd-level 0): what zstd costs baton.
+bench_no_compression() {
+    local store=$OUT/store-raw
+    rm -rf "$store"
+    measure dir-upload-raw "$BYTES" \
+        "$BATON" run --store "$store" --run-id bench --dir "$CKPT" --device cpu --zstd-level 0 -- true
+    rm -rf "$store"
+}
+
 # bench_memory DIR BYTES SUFFIX [VAR=VALUE...]: upload and restore through a fresh
 # directory store, for peak RSS at another size or with another malloc setting.
 bench_memory() {
@@ -173,10 +184,15 @@ bench_memory() {
     rm -rf "$store"
 }
 
-# Sizes that explain the throughput: what zstd -1 and baton's chunks make of the bytes.
+# The checkpoint as one zstd -1 frame: its size, and the input of the `zstd -d` baseline.
+make_zst() {
+    zstd -q -f -1 -T0 "$CKPT/weights.bin" -o "$ZST"
+    echo "zstd_bytes=$(stat -c %s "$ZST")" >>"$FACTS"
+}
+
+# What baton's chunks make of the same bytes (from the first directory-store upload).
 record_sizes() {
     {
-        echo "zstd_bytes=$(zstd -q -1 -T0 -c "$CKPT/weights.bin" | wc -c)"
         echo "stored_bytes=$(du -sb --apparent-size "$OUT/store-dir/chunks" | cut -f1)"
         echo "chunks=$(find "$OUT/store-dir/chunks" -type f | wc -l)"
     } >>"$FACTS"
@@ -211,7 +227,7 @@ record_machine() {
 
 cleanup() {
     stop_moto
-    rm -rf "$OUT"/store-* "$OUT/restored" "$OUT/copy.bin" "$OUT"/.baton-ckpt*
+    rm -rf "$OUT"/store-* "$OUT/restored" "$OUT/copy.bin" "$ZST" "$OUT"/.baton-ckpt*
 }
 
 main() {
@@ -229,6 +245,7 @@ main() {
     local small_bytes
     small_bytes=$(stat -c %s "$SMALL/weights.bin")
     record_machine
+    make_zst
     start_moto
 
     # Repetitions are interleaved, so that a noisy minute hurts one sample of each.
@@ -238,6 +255,7 @@ main() {
         bench_store dir "$OUT/store-dir"
         ((REP > 1)) || record_sizes
         rm -rf "$OUT/store-dir"
+        bench_no_compression
         fresh_bucket
         bench_store s3 "s3://$BUCKET/rep$REP"
         fresh_bucket

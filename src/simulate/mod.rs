@@ -43,8 +43,10 @@ pub struct Options {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Schedule {
-    /// Generated schedules count from each attempt's start (exponential inter-arrival is
-    /// memoryless, so this is a Poisson process over running time); traces are absolute.
+    /// Generated schedules are cumulative running time: attempt k is evicted after
+    /// `events[k].at - events[k-1].at` seconds of running (exponential inter-arrival is
+    /// memoryless, so this is a Poisson process over running time). Trace times are
+    /// seconds since the simulation started.
     pub per_attempt: bool,
     pub events: Vec<Eviction>,
 }
@@ -229,7 +231,12 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         let attempt_start = Instant::now();
         let spawned_at = attempt::now();
         let planned = opts.schedule.events.get(next_event).map(|e| {
-            let at = if opts.schedule.per_attempt { e.at } else { (e.at - start.elapsed().as_secs_f64()).max(0.0) };
+            let at = if opts.schedule.per_attempt {
+                let prev = next_event.checked_sub(1).map(|i| opts.schedule.events[i].at).unwrap_or(0.0);
+                e.at - prev
+            } else {
+                (e.at - start.elapsed().as_secs_f64()).max(0.0)
+            };
             (at, e.kind)
         });
         progress.line(format!(
