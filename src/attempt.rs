@@ -81,6 +81,18 @@ pub struct EndRecord {
     pub error: Option<String>,
 }
 
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ending::Completed => "completed",
+            Ending::Failed => "failed",
+            Ending::Killed => "killed",
+            Ending::Evicted => "evicted",
+            Ending::BatonError => "baton-error",
+        })
+    }
+}
+
 pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -56,6 +56,11 @@ pub fn exit_code_of(err: &anyhow::Error) -> i32 {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.code as i32;
         }
+        if let Some(r) = cause.downcast_ref::<crate::restore::RestoreError>() {
+            if !r.is_transport() {
+                return ExitCode::Damaged as i32;
+            }
+        }
         if let Some(s) = cause.downcast_ref::<crate::store::StoreError>() {
             return match s {
                 crate::store::StoreError::Conflict { .. } => ExitCode::Conflict as i32,

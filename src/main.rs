@@ -12,6 +12,7 @@ mod identity;
 mod manifest;
 mod process;
 mod restore;
+mod signals;
 mod simulate;
 mod store;
 mod supervisor;

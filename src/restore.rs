@@ -14,7 +14,7 @@ use crate::capture::join_inside;
 use crate::chunking;
 use crate::identity::RunId;
 use crate::manifest::{FileEntry, Manifest};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::upload::KnownChunks;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,26 @@ pub enum RestoreError {
     Manifest { run: String, seq: u64, #[source] source: anyhow::Error },
     #[error("checkpoint {seq}, file {path}: {detail}")]
     File { seq: u64, path: String, detail: String },
+    /// The store failed to answer (as opposed to answering with damaged data): not a
+    /// reason to fall back to an older checkpoint.
+    #[error("checkpoint {seq}: {source}")]
+    Unavailable { seq: u64, #[source] source: StoreError },
+}
+
+/// Errors that say nothing about the checkpoint itself, only about reaching the store.
+pub fn is_transport(e: &StoreError) -> bool {
+    !matches!(e, StoreError::NotFound { .. } | StoreError::TooLarge { .. })
+}
+
+impl RestoreError {
+    /// True when the store could not be asked; the checkpoint may be fine.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            RestoreError::Unavailable { .. } => true,
+            RestoreError::Manifest { source, .. } => source.downcast_ref::<StoreError>().is_some_and(is_transport),
+            RestoreError::File { .. } => false,
+        }
+    }
 }
 
 pub async fn load_manifest(store: &Store, run: &RunId, seq: u64) -> Result<Manifest, RestoreError> {
@@ -73,7 +93,11 @@ async fn write_file(
     let mut written = 0u64;
     let mut i = 0;
     while let Some(chunk) = fetches.next().await {
-        let data = chunk.map_err(|e| err(format!("{e:#}")))?;
+        let data = chunk.map_err(|e| match e.downcast::<StoreError>() {
+            Ok(se) if is_transport(&se) => RestoreError::Unavailable { seq, source: se },
+            Ok(se) => err(se.to_string()),
+            Err(e) => err(format!("{e:#}")),
+        })?;
         known.insert(f.chunks[i].hash.clone());
         i += 1;
         hasher.update(&data);
@@ -134,13 +158,10 @@ pub async fn restore_latest(
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                // A store that cannot be reached is not a damaged checkpoint: stop.
-                if let RestoreError::Manifest { source, .. } = &e {
-                    if let Some(se) = source.downcast_ref::<crate::store::StoreError>() {
-                        if matches!(se, crate::store::StoreError::Auth { .. } | crate::store::StoreError::Unreachable { .. }) {
-                            return Err(anyhow::Error::from(e));
-                        }
-                    }
+                // A store that cannot be reached is not a damaged checkpoint: stop
+                // rather than silently fall back to older work.
+                if e.is_transport() {
+                    return Err(anyhow::Error::from(e));
                 }
                 tracing::warn!("SKIPPING DAMAGED CHECKPOINT {seq} of run {run}: {e:#}; falling back to the previous one");
                 skipped.push((seq, format!("{e:#}")));

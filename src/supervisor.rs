@@ -10,7 +10,7 @@
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use crate::signals::CHILD as SIGCHLD;
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use crate::identity::RunId;
 use crate::manifest::{JobIds, Manifest, Reason};
 use crate::process::{self, Exit};
 use crate::restore;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::upload::{self, CommitInfo, KnownChunks};
 
 pub struct RunConfig {
@@ -47,9 +47,6 @@ pub struct RunConfig {
     pub job_ids: JobIds,
 }
 
-/// Signals that mean "you are being evicted" (HTCondor's kill_sig is one of these).
-const EVICTION_SIGNALS: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
-
 /// Private working space next to the checkpoint directory, on the same filesystem so
 /// that restored directories can be renamed into place and captures can clone extents.
 pub fn state_dir_for(dir: &Path) -> PathBuf {
@@ -62,7 +59,8 @@ struct Job {
     snap: Snapshot,
 }
 
-type Done = (u64, Result<Manifest, String>);
+/// An upload's outcome: the manifest, or why not and whether another writer owns the seq.
+type Done = (u64, Result<Manifest, (String, bool)>);
 
 /// The background uploader: one checkpoint at a time, oldest first. Once `newest_only`
 /// is set (eviction), queued checkpoints that a newer one supersedes are dropped.
@@ -88,13 +86,17 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
                     let old: Job = queue.pop_front().expect("len > 1");
                     tracing::warn!("eviction: skipping the upload of checkpoint {} (superseded by a newer commit)", old.info.seq);
                     old.snap.discard();
-                    let _ = done_tx.send((old.info.seq, Err("superseded during eviction".into())));
+                    let _ = done_tx.send((old.info.seq, Err(("superseded during eviction".into(), false))));
                 }
             }
             let job = queue.pop_front().expect("not empty");
             let result = upload::upload(&store, &attempt, &job.info, &job.snap, &settings, &known).await;
             job.snap.discard();
-            let _ = done_tx.send((job.info.seq, result.map_err(|e| format!("{e:#}"))));
+            let result = result.map_err(|e| {
+                let conflict = e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Conflict { .. })));
+                (format!("{e:#}"), conflict)
+            });
+            let _ = done_tx.send((job.info.seq, result));
         }
     });
     (job_tx, done_rx)
@@ -143,6 +145,9 @@ struct Supervisor {
     committed: Vec<u64>,
     durable: Vec<u64>,
     final_seq: Option<u64>,
+    /// Set when another attempt of the same run wrote one of our seqs: this attempt is a
+    /// zombie (or the other one is) and must stop, loudly.
+    conflict: Option<String>,
 }
 
 impl Supervisor {
@@ -223,8 +228,12 @@ impl Supervisor {
                 );
                 self.durable.push(seq);
             }
-            Err(e) if e.starts_with("superseded") => {}
-            Err(e) => tracing::error!("UPLOAD OF CHECKPOINT {seq} FAILED: {e}; the previous checkpoint stays the latest"),
+            Err((e, _)) if e.starts_with("superseded") => {}
+            Err((e, true)) => {
+                tracing::error!("CHECKPOINT {seq} BELONGS TO ANOTHER WRITER: {e}");
+                self.conflict = Some(e);
+            }
+            Err((e, false)) => tracing::error!("UPLOAD OF CHECKPOINT {seq} FAILED: {e}; the previous checkpoint stays the latest"),
         }
     }
 
@@ -241,7 +250,9 @@ impl Supervisor {
                 w,
                 self.cfg.window_source
             );
-            self.phase = Phase::Draining { since: Instant::now(), at: attempt::now(), signal: sig, killed: false };
+            let since = crate::signals::first_eviction();
+            let at = attempt::now() - since.elapsed().as_secs_f64();
+            self.phase = Phase::Draining { since, at, signal: sig, killed: false };
             self.newest_only.store(true, Ordering::SeqCst);
         }
         process::signal_group(self.child, fwd);
@@ -282,7 +293,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("cannot create baton's working directory {}: {e}", state_dir.display()))?;
     let _ = std::fs::remove_dir_all(state_dir.join("staging"));
     // Signals are registered before anything is spawned so no SIGCHLD or SIGTERM is lost.
-    let mut sigs = signal_hook_tokio::Signals::new(EVICTION_SIGNALS.iter().copied().chain([SIGCHLD]))?;
+    let mut sigs = crate::signals::install()?;
     process::become_subreaper();
     let started = attempt::now();
     let known = KnownChunks::default();
@@ -363,6 +374,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         committed: vec![],
         durable: vec![],
         final_seq: None,
+        conflict: None,
     };
 
     // Evicted while restoring: starting the command now would only waste the window.
@@ -380,13 +392,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     sv.child = match process::spawn(&sv.cfg.command, &env, &unset) {
         Ok(pid) => pid,
         Err(e) => {
-            let code = match e {
-                process::SpawnError::NotFound(_) => ExitCode::NotFound,
-                _ => ExitCode::NotExecutable,
-            };
             end_record(&sv, Ending::BatonError, None, None, Some(e.to_string())).await;
             let _ = std::fs::remove_file(&socket);
-            return Err(Failure::new(code, e.to_string()).into());
+            return Err(spawn_failure(e));
         }
     };
 
@@ -415,7 +423,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
                 let _ = reply.send(r);
                 continue;
             }
-            Some(done) = done_rx.recv() => { sv.on_upload_done(done); continue; }
+            Some(done) = done_rx.recv() => {
+                sv.on_upload_done(done);
+                match &sv.conflict {
+                    Some(e) => break Err(Failure::new(ExitCode::Conflict, format!("stopping: {e}")).into()),
+                    None => continue,
+                }
+            }
             _ = tokio::time::sleep_until(trainer_deadline.unwrap_or(far).into()), if trainer_deadline.is_some() => {
                 tracing::warn!("eviction: the command did not exit within its share of the vacate window; killing its process group");
                 main_exit = process::kill_everything(Some(sv.child));
@@ -435,7 +449,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
                 let (env, unset) = sv.env(&socket);
                 match process::spawn(&sv.cfg.command, &env, &unset) {
                     Ok(pid) => sv.child = pid,
-                    Err(e) => break Err(e.to_string()),
+                    Err(e) => break Err(spawn_failure(e)),
                 }
             }
             (Phase::Running, Exit::Code(0)) => {
@@ -460,8 +474,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let exit = match exit {
         Ok(exit) => exit,
         Err(e) => {
-            end_record(&sv, Ending::BatonError, None, None, Some(e.clone())).await;
-            return Err(Failure::new(ExitCode::NotFound, e).into());
+            end_record(&sv, Ending::BatonError, None, None, Some(format!("{e:#}"))).await;
+            return Err(e);
         }
     };
     match &sv.phase {
@@ -494,21 +508,31 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         }
     }
     let flush_seconds = flush_start.elapsed().as_secs_f64();
+    if sv.outstanding.is_empty() {
+        let _ = std::fs::remove_dir_all(sv.state_dir.join("staging"));
+    }
 
+    let final_lost = sv.final_seq.filter(|seq| !sv.durable.contains(seq));
     let (ending, status) = match (&sv.phase, exit) {
+        (_, Exit::Code(0)) if final_lost.is_some() => {
+            tracing::error!("the command finished but its final checkpoint {} is not durable", final_lost.unwrap_or(0));
+            (Ending::BatonError, ExitCode::Checkpoint as i32)
+        }
         (Phase::Draining { .. }, _) => (Ending::Evicted, exit.status()),
-        (Phase::Running, Exit::Code(0)) => match sv.final_seq {
-            Some(seq) if !sv.durable.contains(&seq) => {
-                tracing::error!("the command finished but its final checkpoint {seq} is not durable");
-                (Ending::BatonError, ExitCode::Checkpoint as i32)
-            }
-            _ => (Ending::Completed, 0),
-        },
+        (Phase::Running, Exit::Code(0)) => (Ending::Completed, 0),
         (Phase::Running, Exit::Code(c)) => (Ending::Failed, c),
         (Phase::Running, Exit::Signal(s)) => (Ending::Killed, 128 + s),
     };
     end_record(&sv, ending, Some(exit), Some((flush_seconds, drain_seconds)), None).await;
     Ok(status)
+}
+
+fn spawn_failure(e: process::SpawnError) -> anyhow::Error {
+    let code = match e {
+        process::SpawnError::NotFound(_) => ExitCode::NotFound,
+        _ => ExitCode::NotExecutable,
+    };
+    Failure::new(code, e.to_string()).into()
 }
 
 async fn end_record(sv: &Supervisor, ending: Ending, exit: Option<Exit>, timing: Option<(f64, Option<f64>)>, error: Option<String>) {

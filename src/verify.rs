@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::chunking;
 use crate::identity::RunId;
 use crate::restore::load_manifest;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Damage {
@@ -28,12 +28,17 @@ pub struct Report {
     pub damaged: Vec<Damage>,
 }
 
-async fn fetch(store: &Store, hash: String, size: u64) -> Result<Vec<u8>, String> {
-    let stored = store.get_chunk(&hash, size + size / 16 + 4096).await.map_err(|e| e.to_string())?;
+/// `Err(Ok(problem))`: the chunk is damaged or missing. `Err(Err(e))`: the store failed.
+async fn fetch(store: &Store, hash: String, size: u64) -> Result<Vec<u8>, Result<String, StoreError>> {
+    let stored = match store.get_chunk(&hash, size + size / 16 + 4096).await {
+        Ok(b) => b,
+        Err(e) if crate::restore::is_transport(&e) => return Err(Err(e)),
+        Err(e) => return Err(Ok(e.to_string())),
+    };
     tokio::task::spawn_blocking(move || chunking::decode(&hash, &stored, size))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| Ok(e.to_string()))?
+        .map_err(|e| Ok(e.to_string()))
 }
 
 pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize, report: &mut Report) -> anyhow::Result<()> {
@@ -41,12 +46,8 @@ pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize
     let m = match load_manifest(store, run, seq).await {
         Ok(m) => m,
         Err(e) => {
-            if let crate::restore::RestoreError::Manifest { source, .. } = &e {
-                if let Some(se) = source.downcast_ref::<crate::store::StoreError>() {
-                    if matches!(se, crate::store::StoreError::Auth { .. } | crate::store::StoreError::Unreachable { .. }) {
-                        return Err(anyhow::Error::from(e));
-                    }
-                }
+            if e.is_transport() {
+                return Err(anyhow::Error::from(e));
             }
             report.damaged.push(Damage { run: run.to_string(), seq, file: None, problem: format!("manifest: {e:#}") });
             return Ok(());
@@ -66,9 +67,10 @@ pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize
                     report.bytes += data.len() as u64;
                     hasher.update(&data);
                 }
-                Err(e) => {
+                Err(Ok(e)) => {
                     problem.get_or_insert(e);
                 }
+                Err(Err(e)) => return Err(e.into()),
             }
         }
         if problem.is_none() {

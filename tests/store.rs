@@ -60,3 +60,23 @@ fn files_are_captured_at_commit_time_even_if_overwritten_right_after() {
         assert!(data.iter().all(|&b| b == b'0' + e), "checkpoint {e} holds bytes of another epoch");
     }
 }
+
+#[test]
+fn two_writers_of_one_run_never_overwrite_each_other_and_the_loser_stops() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // A zombie attempt and its replacement, both alive: same run, same seqs.
+    let script = r#"
+        D=$BATON_CHECKPOINT_DIR
+        for e in 1 2 3; do echo "$$ $e" > $D/w; "$BATON_BIN" commit --epoch $e || exit 9; sleep 0.3; done"#;
+    let slots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let children: Vec<_> = slots.iter().map(|d| spawn_run(d.path(), s, "twins", &[], &[], &["sh", "-c", script])).collect();
+    let outs: Vec<_> = children.into_iter().map(output_of).collect();
+    let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
+    let logs: String = outs.iter().map(|o| text(&o.stderr)).collect();
+    assert!(codes.contains(&Some(73)), "no writer noticed the other: {codes:?}\n{logs}");
+    assert!(logs.contains("BELONGS TO ANOTHER WRITER"), "{logs}");
+    // Whatever is in the store is whole: each manifest is one writer's.
+    let out = baton().args(["verify", "--store", s, "twins"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

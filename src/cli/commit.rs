@@ -21,6 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
+    crate::signals::ignore_eviction_signals();
     let socket = std::env::var(commit::ENV_SOCKET).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
         usage("baton commit must be run by a command started with `baton run` ($BATON_SOCKET is not set)")
     })?;

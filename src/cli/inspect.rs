@@ -167,7 +167,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
         };
         let (ending, status, commits) = match &a.end {
             Some(e) => (
-                format!("{:?}", e.ending).to_lowercase(),
+                e.ending.to_string(),
                 e.exit_code.map(|c| c.to_string()).or(e.signal.map(|s| format!("sig{s}"))).unwrap_or_else(|| "-".into()),
                 format!("{:?}/{:?}", e.committed, e.durable),
             ),

@@ -60,8 +60,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             eprintln!("restored {} of run {} ({} files) into {}", crate::supervisor::describe(&m), a.run, m.files.len(), target.display());
             Ok(0)
         }
-        Ok(None) => Err(Failure::new(ExitCode::Store, format!("run {} has no intact checkpoint in {}", a.run, store.url())).into()),
-        Err(e) => Err(e),
+        Ok(None) => Err(Failure::new(ExitCode::Damaged, format!("run {} has no intact checkpoint in {}", a.run, store.url())).into()),
+        Err(e) => match e.downcast_ref::<crate::restore::RestoreError>() {
+            Some(r) if !r.is_transport() => Err(Failure::new(ExitCode::Damaged, format!("{e:#}")).into()),
+            _ => Err(e),
+        },
     };
     let _ = std::fs::remove_dir_all(&work);
     outcome

@@ -97,7 +97,7 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[M
         let ending = match (&rec.end, obs.and_then(|o| o.eviction)) {
             (_, Some((Kind::Hard, _))) => "hard-evicted".to_string(),
             (Some(e), Some((Kind::Soft, _))) if e.ending == Ending::Evicted => "evicted".to_string(),
-            (Some(e), _) => format!("{:?}", e.ending).to_lowercase(),
+            (Some(e), _) => e.ending.to_string(),
             (None, _) => "lost (no record)".to_string(),
         };
         if evicted {
