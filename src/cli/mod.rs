@@ -35,6 +35,9 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Check the command line and exit (used to test submit files' `arguments`).
+    #[arg(long, global = true, hide = true)]
+    parse_only: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +108,10 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    if cli.parse_only {
+        println!("command line ok");
+        return 0;
+    }
     init_logging(cli.verbose, cli.quiet);
     if matches!(cli.command, Command::Inspect(_) | Command::Verify(_) | Command::Prune(_)) {
         // `baton inspect | head` should end quietly, as other Unix tools do.
