@@ -40,6 +40,7 @@ unit:
 
 bench: build venv
 	bash bench/run.sh
+	bash bench/goodput.sh
 
 clean:
 	rm -rf target $(VENV) $(DEMO) bench-out

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Goodput under preemption: `baton simulate` of a trainer that writes a 1 GiB checkpoint
+# per ~20 s epoch, evicted (soft, 60 s vacate window) with exponential inter-arrival
+# times of mean 2 minutes, on the directory store. Appends a section to
+# docs/benchmarks.md (run after bench/run.sh, which rewrites that file).
+#
+# Knobs: GOODPUT_EPOCHS (15), GOODPUT_EPOCH_SECONDS (20), GOODPUT_MB (1024),
+#        GOODPUT_MEAN (2m), GOODPUT_SEED (1), BATON (target/release/baton)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BATON=${BATON:-target/release/baton}
+EPOCHS=${GOODPUT_EPOCHS:-15}
+EPOCH_S=${GOODPUT_EPOCH_SECONDS:-20}
+MB=${GOODPUT_MB:-1024}
+MEAN=${GOODPUT_MEAN:-2m}
+SEED=${GOODPUT_SEED:-1}
+OUT=bench-out/goodput
+PY=.venv/bin/python
+DOC=${BENCH_DOC:-docs/benchmarks.md}
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+cmd=("$BATON" simulate --store "$OUT/store" --work-dir "$OUT/slots" --mean-interval "$MEAN" --seed "$SEED"
+     --slots a100-40gb,t4-16gb,l40s-48gb,h100-80gb --vacate-window 60s --timeline "$OUT/timeline.svg" --json
+     -- "$PY" bench/ckpt_trainer.py --epochs "$EPOCHS" --epoch-seconds "$EPOCH_S" --ckpt-mb "$MB")
+echo "goodput: ${cmd[*]}" >&2
+"${cmd[@]}" > "$OUT/report.json"
+rm -rf "$OUT/store"   # tens of GiB of distinct checkpoints; the report has what we need
+
+"$PY" - "$OUT/report.json" "$EPOCHS" "$EPOCH_S" "$MB" "$MEAN" "$SEED" >> "$DOC" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+epochs, epoch_s, mb, mean, seed = sys.argv[2:]
+t = r["totals"]
+print()
+print("## Goodput under preemption")
+print()
+print(f"`baton simulate` of `bench/ckpt_trainer.py`: {epochs} epochs of ~{epoch_s} s, each ending in a "
+      f"{mb} MiB float32 checkpoint written in place and committed; soft evictions with exponential "
+      f"inter-arrival times of mean {mean} (seed {seed}), 60 s vacate window, directory store. Produced by "
+      f"`bash bench/goodput.sh` (part of `make bench`; knobs `GOODPUT_EPOCHS`, `GOODPUT_EPOCH_SECONDS`, "
+      f"`GOODPUT_MB`, `GOODPUT_MEAN`, `GOODPUT_SEED`). Useful time is training time that was kept: from the "
+      f"end of each attempt's restore to its eviction signal (or exit), less the work done after its last "
+      f"durable checkpoint; the rest of the wall time is restore, drain (the trainer's save on SIGTERM), "
+      f"flush, process start and redone work.")
+print()
+print("| # | slot | ending | start (s) | seconds | restore (s) | flush (s) | work lost (s) |")
+print("|---:|---|---|---:|---:|---:|---:|---:|")
+for a in r["attempts"]:
+    flush = "-" if a["flush_seconds"] is None else f'{a["flush_seconds"]:.2f}'
+    print(f'| {a["attempt"]} | {a["slot"]} | {a["ending"]} | {a["start"]:.1f} | {a["duration"]:.1f} | {a["restore_seconds"]:.2f} | {flush} | {a["work_lost"]:.1f} |')
+print()
+print(f'**Goodput {t["goodput"]*100:.1f}%** (useful {t["useful_seconds"]:.1f} s of {t["wall_seconds"]:.1f} s wall); '
+      f'{t["evictions"]} eviction(s), {t["work_lost_per_eviction"]:.1f} s of work lost per eviction; '
+      f'restore {t["restore_seconds"]:.1f} s and final flushes {t["flush_seconds"]:.1f} s in all; '
+      f'{t["logical_bytes"]/2**30:.1f} GiB committed, {t["stored_bytes"]/2**30:.1f} GiB stored. '
+      f'Completed: {r["completed"]}.')
+PYEOF
+"$PY" -c 'import json, sys; t = json.load(open(sys.argv[1]))["totals"]; print("goodput: %.1f%% over %d evictions" % (100 * t["goodput"], t["evictions"]))' "$OUT/report.json" >&2
