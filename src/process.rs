@@ -114,23 +114,29 @@ pub fn reap(main: Option<Pid>) -> Option<Exit> {
     found
 }
 
-/// Every descendant of `root` right now (children, grandchildren ...), from /proc.
-pub fn descendants(root: i32) -> Vec<Pid> {
-    let mut parent_of = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
-                parent_of.push((pid, ppid));
-            }
+/// (pid, parent pid) of every process right now, from /proc.
+fn parent_map() -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name is in parentheses and may contain spaces: parse after it.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+            out.push((pid, ppid));
         }
     }
+    out
+}
+
+/// Every descendant of `root` right now (children, grandchildren ...).
+pub fn descendants(root: i32) -> Vec<Pid> {
+    let map = parent_map();
     let mut out = vec![];
     let mut frontier = vec![root];
     while let Some(p) = frontier.pop() {
-        for &(pid, ppid) in &parent_of {
+        for &(pid, ppid) in &map {
             if ppid == p {
                 out.push(Pid::from_raw(pid));
                 frontier.push(pid);
@@ -140,23 +146,10 @@ pub fn descendants(root: i32) -> Vec<Pid> {
     out
 }
 
-/// Children of this process right now (including re-parented orphans), from /proc.
+/// Children of this process right now (including re-parented orphans).
 pub fn children() -> Vec<Pid> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The command name is in parentheses and may contain spaces: parse after it.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let mut fields = rest.split_whitespace();
-        let _state = fields.next();
-        if fields.next().and_then(|p| p.parse::<i32>().ok()) == Some(me) {
-            out.push(Pid::from_raw(pid));
-        }
-    }
-    out
+    parent_map().into_iter().filter(|&(_, ppid)| ppid == me).map(|(pid, _)| Pid::from_raw(pid)).collect()
 }
 
 /// SIGKILL the group (led by `main`) and every remaining child, then reap them. Used
