@@ -1,0 +1,89 @@
+//! baton under an emulated HTCondor starter: ads in the sandbox, the soft kill to
+//! baton's pid only, SIGKILL to the whole family when the vacate window ends.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn descendants(root: i32) -> Vec<i32> {
+    let mut map = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| stat[i + 1..].to_string()) else { continue };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+            map.push((pid, ppid));
+        }
+    }
+    let (mut out, mut frontier) = (vec![], vec![root]);
+    while let Some(p) = frontier.pop() {
+        for &(pid, ppid) in &map {
+            if ppid == p {
+                out.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn baton_flushes_and_exits_before_the_starter_kills_the_family() {
+    let sandbox = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let s = sandbox.path();
+    std::fs::write(s.join(".job.ad"), "ClusterId = 77\nGlobalJobId = \"ap.test#77.0#1700000000\"\nNumJobStarts = 1\nProcId = 0\n").unwrap();
+    std::fs::write(s.join(".machine.ad"), "GPUs = 1\nGPUs_DeviceName = \"Tesla T4\"\nGPUs_GlobalMemoryMb = 14931\nMachineMaxVacateTime = 3 * 2\n").unwrap();
+    let mut c = baton();
+    c.current_dir(s)
+        .env("_CONDOR_SCRATCH_DIR", s)
+        .env("_CONDOR_JOB_AD", s.join(".job.ad"))
+        .env("_CONDOR_MACHINE_AD", s.join(".machine.ad"))
+        .args(["run", "--store", store.path().to_str().unwrap(), "--"])
+        .arg("python3")
+        .arg(trainer())
+        .args(["--epochs", "50", "--steps-per-epoch", "20", "--step-seconds", "0.05", "--blob-mb", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let family_before = descendants(child.id() as i32);
+    assert!(!family_before.is_empty(), "the trainer should be running");
+
+    // The starter: soft kill to the top process only, hard kill of the family after the window.
+    let window = Duration::from_secs(6);
+    let t0 = Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let mut exited_at = None;
+    while t0.elapsed() < window {
+        if child.try_wait().unwrap().is_some() {
+            exited_at = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for pid in descendants(child.id() as i32).into_iter().chain([child.id() as i32]) {
+        send_signal(pid as u32, libc::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    let exited_at = exited_at.unwrap_or_else(|| panic!("baton was still running when the window ended:\n{err}"));
+    assert!(exited_at < window, "{exited_at:?}");
+    assert!(err.contains("vacate window 6 s from machine ad MachineMaxVacateTime"), "{err}");
+    for pid in family_before {
+        assert!(!alive(pid), "{pid} outlived baton");
+    }
+    // The run id came from the job ad, and the eviction checkpoint is durable and intact.
+    let run = "ap.test#77.0#1700000000";
+    let o = baton().args(["inspect", "--store", store.path().to_str().unwrap(), run, "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let last = v["checkpoints"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["manifest"]["reason"], "eviction", "{v}");
+    assert_eq!(last["manifest"]["device"], "Tesla T4");
+    assert_eq!(last["manifest"]["htcondor"]["cluster_id"], 77);
+    assert_eq!(v["attempts"][0]["start"]["vacate_window_source"], "machine ad MachineMaxVacateTime");
+    assert_eq!(v["attempts"][0]["end"]["ending"], "evicted");
+    let o = baton().args(["verify", "--store", store.path().to_str().unwrap(), run]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+}
