@@ -82,3 +82,40 @@ fn vacate_window_too_short() {
     run_fails(&["run", "--store", "s", "--run-id", "r", "--vacate-window", "1s", "--", "true"], &[], 2, "needs at least 2 s");
     run_fails(&["run", "--store", "s", "--run-id", "r", "--vacate-window", "soon", "--", "true"], &[], 2, "--vacate-window");
 }
+
+#[test]
+fn missing_s3_credentials() {
+    let moto = Moto::start();
+    moto.create_bucket("bkt");
+    let env = vec![("AWS_ENDPOINT_URL".to_string(), moto.endpoint()), ("HOME".to_string(), "/nonexistent".to_string())];
+    let mut c = baton();
+    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE"] {
+        c.env_remove(k);
+    }
+    let slot = tempfile::tempdir().unwrap();
+    let out = c.current_dir(slot.path()).envs(env.iter().map(|(k, v)| (k, v))).args(["run", "--store", "s3://bkt/p", "--run-id", "r", "--", "true"]).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no S3 credentials") && err.contains("AWS_ACCESS_KEY_ID_FILE"), "{err}");
+}
+
+#[test]
+fn s3_keys_delivered_as_files_work() {
+    let moto = Moto::start();
+    moto.create_bucket("bkt");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "AKIAFROMFILE0000\n").unwrap();
+    std::fs::write(dir.path().join("secret"), "secret-from-file\n").unwrap();
+    let mut c = baton();
+    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = c
+        .current_dir(dir.path())
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ACCESS_KEY_ID_FILE", dir.path().join("key"))
+        .env("AWS_SECRET_ACCESS_KEY_FILE", dir.path().join("secret"))
+        .args(["run", "--store", "s3://bkt/p", "--run-id", "r", "--", "sh", "-c", "echo x > $BATON_CHECKPOINT_DIR/f"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("secret-from-file"));
+}

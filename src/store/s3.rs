@@ -26,6 +26,24 @@ impl S3Backend {
             .or_else(|_| std::env::var("AWS_ENDPOINT"))
             .unwrap_or_default();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        match credentials_from_files()? {
+            Some(c) => {
+                builder = builder.with_access_key_id(c.key).with_secret_access_key(c.secret);
+                if let Some(t) = c.token {
+                    builder = builder.with_token(t);
+                }
+            }
+            None if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && !endpoint.is_empty() => {
+                // Off AWS there is no instance metadata to fall back to: say so now
+                // instead of timing out against 169.254.169.254.
+                return Err(crate::error::usage(format!(
+                    "s3://{bucket}: no S3 credentials for {endpoint}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+or AWS_ACCESS_KEY_ID_FILE and AWS_SECRET_ACCESS_KEY_FILE (files holding the keys, e.g. sent with transfer_input_files), \
+or a shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)"
+                )));
+            }
+            None => {}
+        }
         if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
             builder = builder.with_region("us-east-1");
         }
@@ -99,6 +117,85 @@ impl S3Backend {
                 }
             }
         }
+    }
+}
+
+struct FileCredentials {
+    key: String,
+    secret: String,
+    token: Option<String>,
+}
+
+fn read_key_file(var: &str) -> anyhow::Result<Option<String>> {
+    let Some(path) = std::env::var_os(var) else { return Ok(None) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| crate::error::usage(format!("{var} names {}, which cannot be read: {e}", std::path::Path::new(&path).display())))?;
+    let key = text.trim().to_string();
+    if key.is_empty() {
+        return Err(crate::error::usage(format!("{var} names {}, which is empty", std::path::Path::new(&path).display())));
+    }
+    Ok(Some(key))
+}
+
+/// Keys from files, for jobs that receive them as files rather than in the environment:
+/// `AWS_ACCESS_KEY_ID_FILE` / `AWS_SECRET_ACCESS_KEY_FILE` (named like HTCondor's own
+/// `aws_access_key_id_file` submit commands), else the shared credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, profile `AWS_PROFILE`).
+/// Keys in the environment win over both.
+fn credentials_from_files() -> anyhow::Result<Option<FileCredentials>> {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        return Ok(None);
+    }
+    match (read_key_file("AWS_ACCESS_KEY_ID_FILE")?, read_key_file("AWS_SECRET_ACCESS_KEY_FILE")?) {
+        (Some(key), Some(secret)) => return Ok(Some(FileCredentials { key, secret, token: None })),
+        (None, None) => {}
+        _ => return Err(crate::error::usage("set both AWS_ACCESS_KEY_ID_FILE and AWS_SECRET_ACCESS_KEY_FILE, or neither")),
+    }
+    let path = match std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match std::env::var_os("HOME") {
+            Some(h) => std::path::PathBuf::from(h).join(".aws/credentials"),
+            None => return Ok(None),
+        },
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    Ok(parse_shared_credentials(&text, &profile))
+}
+
+fn parse_shared_credentials(text: &str, profile: &str) -> Option<FileCredentials> {
+    let (mut section, mut key, mut secret, mut token) = (String::new(), None, None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => key = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Some(FileCredentials { key: key?, secret: secret?, token })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shared_credentials_profiles() {
+        let text = "[default]\naws_access_key_id = AK1\naws_secret_access_key = S1\n\n[other]\naws_access_key_id=AK2\naws_secret_access_key=S2\naws_session_token=T2\n";
+        let d = super::parse_shared_credentials(text, "default").unwrap();
+        assert_eq!((d.key.as_str(), d.secret.as_str(), d.token), ("AK1", "S1", None));
+        let o = super::parse_shared_credentials(text, "other").unwrap();
+        assert_eq!((o.key.as_str(), o.token.as_deref()), ("AK2", Some("T2")));
+        assert!(super::parse_shared_credentials(text, "missing").is_none());
     }
 }
 
