@@ -193,11 +193,12 @@ glibc's default malloc settings (one arena per thread, up to 8 per core) and wit
 
 {memory}
 
-baton holds a bounded window of chunks: upload keeps 8 chunks (256 KiB to 4 MiB each, plus
-their compressed copies) in flight, restore keeps 8 chunk downloads in flight and streams
-them into the file. If the default column grows with size while the `MALLOC_ARENA_MAX=1`
-column does not, the growth is freed memory glibc keeps in the per-thread arenas of tokio's
-blocking threads (where baton hashes and compresses), not data baton holds on to.
+baton holds a bounded window of chunks: upload keeps up to 8 chunks queued from the file
+reader and 8 being hashed, compressed and stored (256 KiB to 4 MiB each, plus compressed
+copies); restore keeps 8 chunk downloads in flight and streams them into the file. Whatever
+growth with size disappears under `MALLOC_ARENA_MAX=1` is freed memory that glibc keeps in
+the per-thread arenas of tokio's blocking threads (where baton hashes, compresses and
+writes), not data baton holds on to.
 
 ### Sizes
 
