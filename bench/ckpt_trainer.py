@@ -26,10 +26,17 @@ def on_signal(signum, frame):
 
 
 def base_weights(mib):
-    # Float-like, deterministic, cheap to make: a slow sine with a little structure.
+    # Float-like and deterministic: a slow sine plus seeded noise, computed in float64
+    # blocks (a float32 index repeats above 2**24, which would make the data repeat
+    # and deduplicate unrealistically well).
     n = mib * (1 << 20) // 4
-    i = np.arange(n, dtype=np.float32)
-    return (0.05 * np.sin(i * np.float32(1e-4)) + np.float32(1e-3) * np.cos(i * np.float32(0.37))).astype(np.float32)
+    out = np.empty(n, dtype=np.float32)
+    rng = np.random.default_rng(7)
+    block = 1 << 22
+    for s in range(0, n, block):
+        i = np.arange(s, min(s + block, n), dtype=np.float64)
+        out[s:s + len(i)] = 0.05 * np.sin(i * 1e-4) + 0.01 * rng.standard_normal(len(i))
+    return out
 
 
 def save(ckpt, base, epoch, step, steps):
