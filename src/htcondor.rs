@@ -2,73 +2,115 @@
 //! `_CONDOR_JOB_AD` / `_CONDOR_MACHINE_AD` (old-style: one `Name = value` per line),
 //! and the scratch directory. Ads are snapshots taken at job start; they are read once.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// One ClassAd: attribute names are case-insensitive, values kept as written.
+use crate::classad::{self, LineError};
+
+/// One ClassAd as baton reads it: attribute names are case-insensitive; values are
+/// parsed by [`crate::classad`] and simple expressions (`10 * 60`) evaluated.
 #[derive(Debug, Clone, Default)]
 pub struct Ad {
-    attrs: BTreeMap<String, String>,
+    inner: classad::Ad,
 }
 
+/// Ads are small (a slot ad is a few KiB); a file beyond this is damaged, and only
+/// its first part is read.
 const MAX_AD_BYTES: u64 = 16 << 20;
 
+/// At most this many bad lines are logged per file; a file of junk would flood the log.
+const MAX_WARNED_LINES: usize = 10;
+
+/// An ad file that could be read, and what was wrong in it.
+#[derive(Debug)]
+pub struct ReadAd {
+    pub ad: Ad,
+    pub errors: Vec<LineError>,
+    /// The file was larger than the limit and was cut there.
+    pub truncated: bool,
+}
+
 impl Ad {
+    /// Parse an ad's text; lines with errors are left out (see [`Ad::read_checked`]).
+    #[allow(dead_code)] // API kept for callers with the text in hand (the tests, the simulator's)
     pub fn parse(text: &str) -> Ad {
-        let mut attrs = BTreeMap::new();
-        for line in text.lines() {
-            let Some((name, value)) = line.split_once('=') else { continue };
-            let name = name.trim();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
-                continue;
-            }
-            attrs.insert(name.to_ascii_lowercase(), value.trim().to_string());
-        }
-        Ad { attrs }
+        Ad { inner: classad::Ad::parse(text).0 }
     }
 
+    /// Read an ad file, logging a warning for each line that cannot be parsed.
+    #[allow(dead_code)] // API kept for callers that only want the ad
     pub fn read(path: &Path) -> std::io::Result<Ad> {
+        let r = Self::read_checked(path)?;
+        warn_bad_lines(&path.display().to_string(), &r);
+        Ok(r.ad)
+    }
+
+    /// Read an ad file (at most 16 MiB of it), returning the per-line errors.
+    pub fn read_checked(path: &Path) -> std::io::Result<ReadAd> {
         use std::io::Read;
         let mut buf = Vec::new();
-        std::fs::File::open(path)?.take(MAX_AD_BYTES).read_to_end(&mut buf)?;
-        Ok(Ad::parse(&String::from_utf8_lossy(&buf)))
+        std::fs::File::open(path)?.take(MAX_AD_BYTES + 1).read_to_end(&mut buf)?;
+        let truncated = buf.len() as u64 > MAX_AD_BYTES;
+        if truncated {
+            // Cut at the last whole line so that no half line is misread.
+            let keep = buf[..MAX_AD_BYTES as usize].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            buf.truncate(keep);
+        }
+        let (inner, errors) = classad::Ad::parse_bytes(&buf);
+        Ok(ReadAd { ad: Ad { inner }, errors, truncated })
     }
 
+    /// The parsed ad, for values beyond the getters below (lists, nested ads).
+    pub fn classad(&self) -> &classad::Ad {
+        &self.inner
+    }
+
+    /// The value as written in the file.
+    #[allow(dead_code)] // API kept for callers that want the text
     pub fn raw(&self, name: &str) -> Option<&str> {
-        self.attrs.get(&name.to_ascii_lowercase()).map(|s| s.as_str())
+        self.inner.raw(name)
     }
 
-    /// A string literal (`"..."`, with `\"` the only escape HTCondor writes).
+    /// A string value (`"..."`; `\"` is the only escape HTCondor writes).
     pub fn string(&self, name: &str) -> Option<String> {
-        let v = self.raw(name)?;
-        let inner = v.strip_prefix('"')?.strip_suffix('"')?;
-        Some(inner.replace("\\\"", "\""))
+        self.inner.string(name)
     }
 
-    /// An integer literal, or a product/sum of integer literals such as `10 * 60`,
-    /// which is how pools commonly write `MachineMaxVacateTime`.
+    /// An integer, or an integer expression such as `10 * 60`, which is how pools
+    /// commonly write `MachineMaxVacateTime`.
     pub fn int(&self, name: &str) -> Option<i64> {
-        eval_int(self.raw(name)?)
+        self.inner.int(name)
     }
 
+    /// A real or an integer (or an arithmetic expression of them), as a real.
     pub fn real(&self, name: &str) -> Option<f64> {
-        let v = self.raw(name)?;
-        v.parse::<f64>().ok().or_else(|| eval_int(v).map(|i| i as f64))
+        self.inner.real(name)
     }
 }
 
-fn eval_int(expr: &str) -> Option<i64> {
-    let expr = expr.trim();
-    if let Ok(v) = expr.parse::<i64>() {
-        return Some(v);
+fn warn_bad_lines(file: &str, r: &ReadAd) {
+    if r.truncated {
+        tracing::warn!("{file} is larger than {} MiB; only its first {} MiB were read", MAX_AD_BYTES >> 20, MAX_AD_BYTES >> 20);
     }
-    if let Some((a, b)) = expr.split_once('+') {
-        return eval_int(a)?.checked_add(eval_int(b)?);
+    for e in r.errors.iter().take(MAX_WARNED_LINES) {
+        tracing::warn!("{file} {e}; that line is ignored");
     }
-    if let Some((a, b)) = expr.split_once('*') {
-        return eval_int(a)?.checked_mul(eval_int(b)?);
+    if r.errors.len() > MAX_WARNED_LINES {
+        tracing::warn!("{file}: {} more lines could not be read and are ignored", r.errors.len() - MAX_WARNED_LINES);
     }
-    None
+}
+
+/// Why a job ad gives no run id (mirrors [`Sandbox::run_id`]), or `None` when it does.
+fn run_id_problem(job: &Ad) -> Option<String> {
+    if let Some(g) = job.string("GlobalJobId") {
+        return match crate::identity::from_global_job_id(&g) {
+            Some(_) => None,
+            None => Some(format!("has a GlobalJobId {g:?} that does not make a valid run id")),
+        };
+    }
+    match (job.int("ClusterId"), job.int("ProcId")) {
+        (Some(_), Some(_)) => None,
+        _ => Some("has neither a GlobalJobId string nor integer ClusterId and ProcId".into()),
+    }
 }
 
 /// The parts of the HTCondor job environment baton uses.
@@ -79,23 +121,59 @@ pub struct Sandbox {
     pub scratch: Option<PathBuf>,
 }
 
-fn read_named(var: &str) -> Option<Ad> {
-    let path = std::env::var_os(var)?;
-    match Ad::read(Path::new(&path)) {
-        Ok(ad) => Some(ad),
+/// What baton falls back on when an ad is missing, for the warning.
+fn without(var: &str) -> &'static str {
+    match var {
+        "_CONDOR_JOB_AD" => {
+            "baton continues without the job ad: the run id must come from --run-id or BATON_RUN_ID, and the checkpoint exit code from --checkpoint-exit-code"
+        }
+        _ => {
+            "baton continues without the machine ad: the device comes from CUDA_VISIBLE_DEVICES and nvidia-smi (else cpu), and the vacate window from the job ad, --vacate-window or the 30 s default"
+        }
+    }
+}
+
+/// The ad in the file the variable names, with a warning (naming both) when the
+/// variable is set but the file cannot be used.
+fn read_named(var: &str) -> Option<(Ad, PathBuf)> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    if path.as_os_str().is_empty() {
+        tracing::warn!("{var} is set but empty; {}", without(var));
+        return None;
+    }
+    match Ad::read_checked(&path) {
+        Ok(r) => {
+            warn_bad_lines(&format!("{var} file {}", path.display()), &r);
+            Some((r.ad, path))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!("{var} names {}, which does not exist; {}", path.display(), without(var));
+            None
+        }
         Err(e) => {
-            tracing::warn!("{var} names {}, which cannot be read ({e}); continuing without it", Path::new(&path).display());
+            tracing::warn!("{var} names {}, which cannot be read ({e}); {}", path.display(), without(var));
             None
         }
     }
 }
 
 impl Sandbox {
+    /// Read the sandbox HTCondor describes in the environment. Problems are warnings:
+    /// outside HTCondor, or with a damaged ad, baton still runs on its flags.
     pub fn from_env() -> Sandbox {
+        let job = read_named("_CONDOR_JOB_AD");
+        if let Some((ad, path)) = &job {
+            if let Some(problem) = run_id_problem(ad) {
+                tracing::warn!(
+                    "the job ad {} (_CONDOR_JOB_AD) {problem}, so baton cannot name the run after the job; pass --run-id or set BATON_RUN_ID",
+                    path.display()
+                );
+            }
+        }
         Sandbox {
-            job: read_named("_CONDOR_JOB_AD"),
-            machine: read_named("_CONDOR_MACHINE_AD"),
-            scratch: std::env::var_os("_CONDOR_SCRATCH_DIR").map(PathBuf::from),
+            job: job.map(|(ad, _)| ad),
+            machine: read_named("_CONDOR_MACHINE_AD").map(|(ad, _)| ad),
+            scratch: std::env::var_os("_CONDOR_SCRATCH_DIR").filter(|s| !s.is_empty()).map(PathBuf::from),
         }
     }
 
@@ -164,5 +242,51 @@ mod tests {
         assert_eq!(sb.vacate_window().unwrap().0, 600.0);
         let sb = Sandbox { job: Some(Ad::parse("JobMaxVacateTime = 30")), ..sb };
         assert_eq!(sb.vacate_window().unwrap().0, 30.0);
+    }
+
+    #[test]
+    fn a_damaged_file_still_gives_its_good_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".machine.ad");
+        std::fs::write(&p, b"GPUs = 1\n\xff\xfe junk\nGPUs_DeviceName = \"Tesla T4\nGPUs_DeviceName = \"NVIDIA L40\"\nMachineMaxVacateTime = 10 * 60\n").unwrap();
+        let r = Ad::read_checked(&p).unwrap();
+        assert_eq!(r.ad.string("GPUs_DeviceName").as_deref(), Some("NVIDIA L40"));
+        assert_eq!(r.ad.int("MachineMaxVacateTime"), Some(600));
+        assert_eq!(r.errors.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 3]);
+        assert!(!r.truncated);
+        assert!(Ad::read_checked(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn an_oversized_file_is_cut_at_a_line_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".job.ad");
+        let filler = format!("Filler = \"{}\"\n", "x".repeat(1000));
+        let mut text = String::from("ClusterId = 7\n");
+        while text.len() as u64 <= MAX_AD_BYTES + 4096 {
+            text.push_str(&filler);
+        }
+        text.push_str("ProcId = 3\n");
+        std::fs::write(&p, &text).unwrap();
+        let r = Ad::read_checked(&p).unwrap();
+        assert!(r.truncated);
+        assert!(r.errors.is_empty(), "{:?}", r.errors.first());
+        assert_eq!(r.ad.int("ClusterId"), Some(7));
+        assert_eq!(r.ad.int("ProcId"), None, "beyond the limit");
+    }
+
+    #[test]
+    fn run_id_problems_are_named() {
+        let problem = |t: &str| run_id_problem(&Ad::parse(t));
+        assert_eq!(problem("GlobalJobId = \"ap1#1.0#17\""), None);
+        assert_eq!(problem("ClusterId = 1\nProcId = 0"), None);
+        assert_eq!(problem("GlobalJobId = undefined\nClusterId = 1\nProcId = 0"), None);
+        assert!(problem("ClusterId = 1").unwrap().contains("neither"));
+        assert!(problem("Owner = \"me\"").unwrap().contains("GlobalJobId"));
+        assert!(problem(&format!("GlobalJobId = \"{}\"", "x".repeat(300))).unwrap().contains("valid run id"));
+        // And run_id agrees.
+        let sb = |t: &str| Sandbox { job: Some(Ad::parse(t)), ..Default::default() };
+        assert_eq!(sb("GlobalJobId = undefined\nClusterId = 1\nProcId = 0").run_id().unwrap().as_str(), "job-1.0");
+        assert!(sb("ClusterId = 1").run_id().is_none());
     }
 }
