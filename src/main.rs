@@ -2,7 +2,9 @@
 
 mod attempt;
 mod capture;
+mod chirp;
 mod chunking;
+mod classad;
 mod cli;
 mod commit;
 mod device;
