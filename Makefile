@@ -44,3 +44,9 @@ bench: build venv
 
 clean:
 	rm -rf target $(VENV) $(DEMO) bench-out
+
+# A portable baton for old execute points (x86_64, glibc >= 2.17: EL7 and later, needing
+# only glibc): target/dist/baton. Installs zig and cargo-zigbuild under target/dist-venv,
+# builds in target/dist, and fails unless the GLIBC and shared-library checks pass.
+dist:
+	bash scripts/dist.sh
