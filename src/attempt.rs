@@ -14,6 +14,7 @@ pub struct Attempt {
     pub number: u64,
     pub host: String,
     pub device: String,
+    pub device_info: Option<crate::device::DeviceInfo>,
     pub htcondor: JobIds,
     /// Unique per process; lets a manifest read-back tell two writers apart.
     pub writer: String,
@@ -26,6 +27,9 @@ pub struct StartRecord {
     pub attempt: u64,
     pub host: String,
     pub device: String,
+    /// The device's details, when baton detected it (absent with `--device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<crate::device::DeviceInfo>,
     pub started: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_seq: Option<u64>,

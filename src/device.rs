@@ -49,6 +49,25 @@ impl DeviceInfo {
     }
 }
 
+impl DeviceInfo {
+    /// Memory, capability, driver and source, for `inspect`: `40960 MB, capability 8.0,
+    /// CUDA driver 12.2, from machine ad GPUs_*`.
+    pub fn details(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = self.memory_mb {
+            parts.push(format!("{m} MB"));
+        }
+        if let Some(c) = self.capability {
+            parts.push(format!("capability {c:.1}"));
+        }
+        if let Some(d) = self.driver_version {
+            parts.push(format!("CUDA driver {d}"));
+        }
+        parts.push(format!("from {}", self.source));
+        parts.join(", ")
+    }
+}
+
 impl fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A mixed name already lists every GPU.
@@ -58,11 +77,6 @@ impl fmt::Display for DeviceInfo {
             f.write_str(&self.name)
         }
     }
-}
-
-/// The device name as baton records it (see [`DeviceInfo`]'s `Display`).
-pub fn detect(sandbox: &Sandbox) -> String {
-    detect_info(sandbox).to_string()
 }
 
 pub fn detect_info(sandbox: &Sandbox) -> DeviceInfo {

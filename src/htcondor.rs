@@ -117,6 +117,7 @@ fn run_id_problem(job: &Ad) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct Sandbox {
     pub job: Option<Ad>,
+    pub job_path: Option<PathBuf>,
     pub machine: Option<Ad>,
     pub scratch: Option<PathBuf>,
 }
@@ -162,19 +163,20 @@ impl Sandbox {
     /// outside HTCondor, or with a damaged ad, baton still runs on its flags.
     pub fn from_env() -> Sandbox {
         let job = read_named("_CONDOR_JOB_AD");
-        if let Some((ad, path)) = &job {
-            if let Some(problem) = run_id_problem(ad) {
-                tracing::warn!(
-                    "the job ad {} (_CONDOR_JOB_AD) {problem}, so baton cannot name the run after the job; pass --run-id or set BATON_RUN_ID",
-                    path.display()
-                );
-            }
-        }
         Sandbox {
+            job_path: job.as_ref().map(|(_, p)| p.clone()),
             job: job.map(|(ad, _)| ad),
             machine: read_named("_CONDOR_MACHINE_AD").map(|(ad, _)| ad),
             scratch: std::env::var_os("_CONDOR_SCRATCH_DIR").filter(|s| !s.is_empty()).map(PathBuf::from),
         }
+    }
+
+    /// Why the job ad cannot name the run, naming the file and the attributes; `None`
+    /// when it can or when there is no job ad. Only said when baton needs the ad for the
+    /// run id (not when `--run-id` or `BATON_RUN_ID` gives one).
+    pub fn run_id_problem(&self) -> Option<String> {
+        let (job, path) = (self.job.as_ref()?, self.job_path.as_ref()?);
+        run_id_problem(job).map(|p| format!("the job ad {} (_CONDOR_JOB_AD) {p}", path.display()))
     }
 
     pub fn job_ids(&self) -> crate::manifest::JobIds {
@@ -238,6 +240,7 @@ mod tests {
             job: Some(Ad::parse("JobMaxVacateTime = 900")),
             machine: Some(Ad::parse("MachineMaxVacateTime = 600")),
             scratch: None,
+            job_path: None,
         };
         assert_eq!(sb.vacate_window().unwrap().0, 600.0);
         let sb = Sandbox { job: Some(Ad::parse("JobMaxVacateTime = 30")), ..sb };

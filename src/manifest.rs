@@ -98,6 +98,9 @@ pub struct Manifest {
     pub meta: BTreeMap<String, String>,
     pub host: String,
     pub device: String,
+    /// The device's details, when baton detected it (absent with `--device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<crate::device::DeviceInfo>,
     #[serde(default, skip_serializing_if = "JobIds::is_empty")]
     pub htcondor: JobIds,
     /// Identifies the process that wrote the manifest, so a read-back can tell two
@@ -250,6 +253,7 @@ mod tests {
             meta: BTreeMap::new(),
             host: "h".into(),
             device: "cpu".into(),
+            device_info: None,
             htcondor: JobIds::default(),
             writer: "w".into(),
             files: vec![FileEntry {

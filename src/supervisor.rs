@@ -44,6 +44,7 @@ pub struct RunConfig {
     pub forward_signal: Option<Signal>,
     pub upload: upload::Settings,
     pub device: String,
+    pub device_info: Option<crate::device::DeviceInfo>,
     pub job_ids: JobIds,
 }
 
@@ -326,6 +327,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         attempt: 0,
         host: host.clone(),
         device: cfg.device.clone(),
+        device_info: cfg.device_info.clone(),
         started,
         restored_seq: restored_info.as_ref().map(|r| r.0),
         skipped_damaged: restored.skipped.iter().map(|s| s.0).collect(),
@@ -341,10 +343,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         number,
         host: host.clone(),
         device: cfg.device.clone(),
+        device_info: cfg.device_info.clone(),
         htcondor: cfg.job_ids.clone(),
         writer: format!("{host}:{}:{}", std::process::id(), (started * 1e6) as u64),
     };
-    tracing::info!("run {} attempt {number} on {host}, device {}", cfg.run, cfg.device);
+    tracing::info!(
+        "run {} attempt {number} on {host}, device {}; vacate window {:.0} s from {}",
+        cfg.run,
+        cfg.device,
+        cfg.vacate_window.as_secs_f64(),
+        cfg.window_source
+    );
 
     // The commit socket. Unix socket paths are limited to ~108 bytes.
     let mut socket = state_dir.join("commit.sock");

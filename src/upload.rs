@@ -181,6 +181,7 @@ pub async fn upload(
         meta: info.meta.clone(),
         host: attempt.host.clone(),
         device: attempt.device.clone(),
+        device_info: attempt.device_info.clone(),
         htcondor: attempt.htcondor.clone(),
         writer: attempt.writer.clone(),
         files,

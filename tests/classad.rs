@@ -446,4 +446,5 @@ fn damaged_ads_are_warnings_naming_the_file_and_line() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), "NVIDIA A100-SXM4-40GB", "the good lines still count");
+    assert!(!text(&o.stderr).contains("cannot name the run"), "--run-id given, yet a run-id warning: {}", text(&o.stderr));
 }

@@ -81,9 +81,77 @@ fn baton_flushes_and_exits_before_the_starter_kills_the_family() {
     let last = v["checkpoints"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["manifest"]["reason"], "eviction", "{v}");
     assert_eq!(last["manifest"]["device"], "Tesla T4");
+    assert_eq!(last["manifest"]["device_info"]["memory_mb"], 14931);
+    assert_eq!(v["attempts"][0]["start"]["device_info"]["source"], "machine ad GPUs_*");
+    assert_eq!(v["attempts"][0]["start"]["htcondor"]["num_job_starts"], 1);
     assert_eq!(last["manifest"]["htcondor"]["cluster_id"], 77);
     assert_eq!(v["attempts"][0]["start"]["vacate_window_source"], "machine ad MachineMaxVacateTime");
     assert_eq!(v["attempts"][0]["end"]["ending"], "evicted");
     let o = baton().args(["verify", "--store", store.path().to_str().unwrap(), run]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stdout));
+}
+
+/// A sandbox as the starter leaves it, and no baton flag but `--store`: the run id, the
+/// checkpoint exit code, the window and the device all come from the ads.
+#[test]
+fn an_exit_85_job_needs_no_flags_under_htcondor() {
+    let sandbox = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let s = sandbox.path();
+    std::fs::write(
+        s.join(".job.ad"),
+        "ClusterId = 78\nProcId = 2\nGlobalJobId = \"ap.test#78.2#1700000001\"\nNumJobStarts = 3\nSuccessCheckpointExitCode = 85\nJobMaxVacateTime = 20\n",
+    )
+    .unwrap();
+    std::fs::write(
+        s.join(".machine.ad"),
+        "GPUs = 1\nAssignedGPUs = \"GPU-5cd7a0b2\"\nGPUs_DeviceName = \"NVIDIA L40S\"\nGPUs_GlobalMemoryMb = 45589\nGPUs_Capability = 8.9\nGPUs_DriverVersion = 12.4\nMachineMaxVacateTime = 600\n",
+    )
+    .unwrap();
+    let args = ["--epochs", "3", "--steps-per-epoch", "5", "--step-seconds", "0.01", "--commit-mode", "exit85"];
+    let out = baton()
+        .current_dir(s)
+        .env("_CONDOR_SCRATCH_DIR", s)
+        .env("_CONDOR_JOB_AD", s.join(".job.ad"))
+        .env("_CONDOR_MACHINE_AD", s.join(".machine.ad"))
+        .env("CUDA_VISIBLE_DEVICES", "GPU-5cd7a0b2")
+        .args(["run", "--store", store.path().to_str().unwrap(), "--", "python3"])
+        .arg(trainer())
+        .args(args)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(digest_of(&out.stdout).unwrap(), reference_digest(&args[..6]), "{err}");
+    assert!(err.contains("vacate window 20 s from job ad JobMaxVacateTime"), "{err}");
+    assert!(err.contains("checkpoint exit code 85 from the job ad"), "{err}");
+    assert!(err.matches("restarting it in place").count() >= 2, "{err}");
+    let o = baton().args(["inspect", "--store", store.path().to_str().unwrap(), "ap.test#78.2#1700000001"]).output().unwrap();
+    let shown = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(shown.contains("NVIDIA L40S"), "{shown}");
+    let o = baton().args(["inspect", "--store", store.path().to_str().unwrap(), "ap.test#78.2#1700000001", "1"]).output().unwrap();
+    let shown = text(&o.stdout);
+    assert!(shown.contains("45589 MB, capability 8.9, CUDA driver 12.4"), "{shown}");
+    assert!(shown.contains("ap.test#78.2#1700000001 (start 3)"), "{shown}");
+}
+
+#[test]
+fn ads_without_a_window_say_so_and_use_the_default() {
+    let sandbox = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let s = sandbox.path();
+    std::fs::write(s.join(".job.ad"), "ClusterId = 79\nProcId = 0\n").unwrap();
+    std::fs::write(s.join(".machine.ad"), "Cpus = 4\n").unwrap();
+    let out = baton()
+        .current_dir(s)
+        .env("_CONDOR_JOB_AD", s.join(".job.ad"))
+        .env("_CONDOR_MACHINE_AD", s.join(".machine.ad"))
+        .args(["run", "--store", store.path().to_str().unwrap(), "--", "true"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("neither JobMaxVacateTime in the job ad nor MachineMaxVacateTime in the machine ad"), "{err}");
+    assert!(err.contains("vacate window 30 s from the default"), "{err}");
 }

@@ -191,8 +191,14 @@ async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> an
         println!("  meta     {k}={v}");
     }
     println!("  written  on {} ({})", m.host, m.device);
+    if let Some(d) = &m.device_info {
+        println!("  device   {}", d.details());
+    }
     if let Some(g) = &m.htcondor.global_job_id {
-        println!("  job      {g}");
+        match m.htcondor.num_job_starts {
+            Some(n) => println!("  job      {g} (start {n})"),
+            None => println!("  job      {g}"),
+        }
     }
     let s = &m.sizes;
     println!(

@@ -86,8 +86,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         Some(r) => r,
         None => match std::env::var("BATON_RUN_ID").ok().filter(|s| !s.is_empty()) {
             Some(s) => crate::identity::RunId::parse(&s).map_err(|e| usage(format!("BATON_RUN_ID: {e}")))?,
-            None => sandbox.run_id().ok_or_else(|| {
-                usage("no run id: pass --run-id ID or set BATON_RUN_ID (under HTCondor it comes from the job ad's GlobalJobId)")
+            None => sandbox.run_id().ok_or_else(|| match sandbox.run_id_problem() {
+                Some(problem) => usage(format!("no run id: {problem}, so baton cannot name the run after the job; pass --run-id ID or set BATON_RUN_ID")),
+                None => usage("no run id: pass --run-id ID or set BATON_RUN_ID (under HTCondor it comes from the job ad's GlobalJobId)"),
             })?,
         },
     };
@@ -111,6 +112,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let (vacate_window, window_source) = match (a.vacate_window, sandbox.vacate_window()) {
         (Some(w), _) => (w, "--vacate-window".to_string()),
         (None, Some((secs, source))) if secs > 0.0 => (Duration::from_secs_f64(secs), source.to_string()),
+        _ if sandbox.job.is_some() || sandbox.machine.is_some() => {
+            tracing::warn!(
+                "the HTCondor ads give no vacate window (neither JobMaxVacateTime in the job ad nor MachineMaxVacateTime in the machine ad); baton plans for the default {} s (set --vacate-window to change it)",
+                DEFAULT_VACATE_WINDOW.as_secs()
+            );
+            (DEFAULT_VACATE_WINDOW, "the default (the ads give none)".to_string())
+        }
         _ => (DEFAULT_VACATE_WINDOW, "the default (no flag, no HTCondor ad)".to_string()),
     };
     if vacate_window < Duration::from_secs(2) {
@@ -119,8 +127,21 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             vacate_window.as_secs_f64()
         )));
     }
-    let checkpoint_exit_code = a.checkpoint_exit_code.or_else(|| sandbox.checkpoint_exit_code());
-    let device = a.device.unwrap_or_else(|| crate::device::detect(&sandbox));
+    let checkpoint_exit_code = match (a.checkpoint_exit_code, sandbox.checkpoint_exit_code()) {
+        (Some(c), _) => Some(c),
+        (None, Some(c)) => {
+            tracing::info!("checkpoint exit code {c} from the job ad (SuccessCheckpointExitCode)");
+            Some(c)
+        }
+        (None, None) => None,
+    };
+    let (device, device_info) = match a.device {
+        Some(d) => (d, None),
+        None => {
+            let info = crate::device::detect_info(&sandbox);
+            (info.to_string(), Some(info))
+        }
+    };
     let store = a.store.open()?;
     let cfg = RunConfig {
         store,
@@ -134,6 +155,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         forward_signal: a.forward_signal,
         upload: crate::upload::Settings { concurrency: a.upload_concurrency as usize, zstd_level: a.zstd_level },
         device,
+        device_info,
         job_ids: sandbox.job_ids(),
     };
     supervisor::run(cfg).await
