@@ -165,7 +165,6 @@ fn int(v: u64) -> ChirpValue {
 /// What a durable checkpoint reports: its seq, epoch and step when the trainer gave
 /// them, and when (unix seconds, as an integer like HTCondor's own time attributes).
 /// Without an epoch or step the previous values stay in the ad.
-#[allow(dead_code)] // until the supervisor reports durable checkpoints
 pub fn progress_attrs(seq: u64, epoch: Option<u64>, step: Option<u64>, time: f64) -> Vec<(String, ChirpValue)> {
     let mut attrs = vec![(ATTR_SEQ.to_string(), int(seq))];
     if let Some(e) = epoch {
@@ -179,13 +178,11 @@ pub fn progress_attrs(seq: u64, epoch: Option<u64>, step: Option<u64>, time: f64
 }
 
 /// How long the last flush of outstanding checkpoints took.
-#[allow(dead_code)] // until the supervisor reports flushes
 pub fn flush_attrs(seconds: f64) -> Vec<(String, ChirpValue)> {
     vec![(ATTR_FLUSH_SECONDS.to_string(), ChirpValue::Real(seconds))]
 }
 
 /// The device this attempt trains on.
-#[allow(dead_code)] // until the supervisor reports the device
 pub fn device_attrs(device: &str) -> Vec<(String, ChirpValue)> {
     vec![(ATTR_DEVICE.to_string(), ChirpValue::Str(device.to_string()))]
 }
@@ -460,7 +457,6 @@ pub struct Chirp {
 impl Chirp {
     /// A reporter when `_CONDOR_CHIRP_CONFIG` is set; `None` when it is not, or (with one
     /// warning) when its file cannot be read.
-    #[allow(dead_code)] // until the supervisor creates one
     pub fn from_env() -> Option<Chirp> {
         let path = std::env::var_os(ENV_CONFIG).filter(|p| !p.is_empty())?;
         Chirp::from_config_file(Path::new(&path))
@@ -488,7 +484,6 @@ impl Chirp {
     /// Queue attributes for the job ad and return at once. Invalid names are refused
     /// (logged), long strings shortened; a value still queued from an earlier report
     /// is replaced by the newer one.
-    #[allow(dead_code)] // until the supervisor reports
     pub fn report(&self, attrs: Vec<(String, ChirpValue)>) {
         let mut updates = Vec::with_capacity(attrs.len());
         for (name, value) in attrs {
@@ -521,7 +516,6 @@ impl Chirp {
 
     /// Wait up to `timeout` for everything reported so far to be sent or given up;
     /// true when it was. For the end of a run, where the process is about to exit.
-    #[allow(dead_code)] // until the supervisor waits at exit
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut q = self.shared.lock();

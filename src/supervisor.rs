@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::attempt::{self, Attempt, EndRecord, Ending, StartRecord};
 use crate::capture::{self, Snapshot};
+use crate::chirp::{self, Chirp};
 use crate::commit;
 use crate::error::{ExitCode, Failure};
 use crate::identity::RunId;
@@ -29,6 +30,9 @@ use crate::process::{self, Exit};
 use crate::restore;
 use crate::store::{Store, StoreError};
 use crate::upload::{self, CommitInfo, KnownChunks};
+
+/// How long baton waits at exit for the last progress to reach the job ad.
+const CHIRP_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 pub struct RunConfig {
     pub store: Store,
@@ -146,6 +150,8 @@ struct Supervisor {
     committed: Vec<u64>,
     durable: Vec<u64>,
     final_seq: Option<u64>,
+    /// Progress into the job ad, under HTCondor.
+    chirp: Option<Chirp>,
     /// Set when another attempt of the same run wrote one of our seqs: this attempt is a
     /// zombie (or the other one is) and must stop, loudly.
     conflict: Option<String>,
@@ -228,6 +234,9 @@ impl Supervisor {
                     s.upload_seconds
                 );
                 self.durable.push(seq);
+                if let Some(c) = &self.chirp {
+                    c.report(chirp::progress_attrs(m.seq, m.epoch, m.step, m.created));
+                }
             }
             Err((e, _)) if e.starts_with("superseded") => {}
             Err((e, true)) => {
@@ -383,8 +392,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         committed: vec![],
         durable: vec![],
         final_seq: None,
+        chirp: Chirp::from_env(),
         conflict: None,
     };
+    if let Some(c) = &sv.chirp {
+        c.report(chirp::device_attrs(&sv.cfg.device));
+    }
 
     // Evicted while restoring: starting the command now would only waste the window.
     while let Some(Some(sig)) = futures::FutureExt::now_or_never(sigs.next()) {
@@ -495,6 +508,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     // Flushing.
     let drain_seconds = match sv.phase { Phase::Draining { since, .. } => Some(since.elapsed().as_secs_f64()), _ => None };
     let flush_start = Instant::now();
+    let flushed_any = !sv.outstanding.is_empty();
     while !sv.outstanding.is_empty() {
         let deadline = sv.flush_deadline();
         if let Some(d) = deadline {
@@ -517,6 +531,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         }
     }
     let flush_seconds = flush_start.elapsed().as_secs_f64();
+    if let (Some(c), true) = (&sv.chirp, flushed_any) {
+        c.report(chirp::flush_attrs(flush_seconds));
+    }
     if sv.outstanding.is_empty() {
         let _ = std::fs::remove_dir_all(sv.state_dir.join("staging"));
     }
@@ -533,6 +550,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         (Phase::Running, Exit::Signal(s)) => (Ending::Killed, 128 + s),
     };
     end_record(&sv, ending, Some(exit), Some((flush_seconds, drain_seconds)), None).await;
+    if let Some(c) = &sv.chirp {
+        // Best effort, and never past the point where baton must be gone.
+        let left = sv.exit_deadline().map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(CHIRP_EXIT_WAIT);
+        c.wait_idle(left.min(CHIRP_EXIT_WAIT));
+    }
     Ok(status)
 }
 
