@@ -12,6 +12,7 @@ mod error;
 mod htcondor;
 mod identity;
 mod manifest;
+mod pelican;
 mod process;
 mod restore;
 mod signals;
