@@ -2,6 +2,8 @@
 //! started on 127.0.0.1 for the tests that need one.
 #![allow(dead_code)]
 
+pub mod pelican;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
