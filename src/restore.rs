@@ -86,25 +86,46 @@ async fn write_file(
         .mode(0o600)
         .open(&path)
         .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
-    let mut hasher = Sha256::new();
+    // Hashing and writing the file happen on their own thread, so they overlap with
+    // fetching and decoding the next chunks instead of stalling the runtime.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(concurrency.max(1));
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, std::fs::File)> {
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        while let Some(data) = rx.blocking_recv() {
+            hasher.update(&data);
+            out.write_all(&data)?;
+            written += data.len() as u64;
+        }
+        Ok((written, hex::encode(hasher.finalize()), out))
+    });
     let mut fetches = futures::stream::iter(f.chunks.iter().cloned())
         .map(|c| fetch_chunk(store, c.hash, c.size))
         .buffered(concurrency.max(1));
-    let mut written = 0u64;
     let mut i = 0;
+    let mut fetched = Ok(());
     while let Some(chunk) = fetches.next().await {
-        let data = chunk.map_err(|e| match e.downcast::<StoreError>() {
-            Ok(se) if is_transport(&se) => RestoreError::Unavailable { seq, source: se },
-            Ok(se) => err(se.to_string()),
-            Err(e) => err(format!("{e:#}")),
-        })?;
+        let data = match chunk {
+            Ok(d) => d,
+            Err(e) => {
+                fetched = Err(match e.downcast::<StoreError>() {
+                    Ok(se) if is_transport(&se) => RestoreError::Unavailable { seq, source: se },
+                    Ok(se) => err(se.to_string()),
+                    Err(e) => err(format!("{e:#}")),
+                });
+                break;
+            }
+        };
         known.insert(f.chunks[i].hash.clone());
         i += 1;
-        hasher.update(&data);
-        out.write_all(&data).map_err(|e| err(e.to_string()))?;
-        written += data.len() as u64;
+        if tx.send(data).await.is_err() {
+            break; // the writer failed; its error is reported below
+        }
     }
-    let digest = hex::encode(hasher.finalize());
+    drop(tx);
+    let written = writer.await.map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()));
+    fetched?;
+    let (written, digest, out) = written?;
     if written != f.size || digest != f.sha256 {
         return Err(err(format!("restored file has {written} bytes and sha256 {digest}; manifest says {} bytes and {}", f.size, f.sha256)));
     }

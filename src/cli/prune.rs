@@ -75,7 +75,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let mut doomed = Vec::new();
     for o in store.list_chunks().await? {
         let Some(hash) = o.key.rsplit('/').next() else { continue };
-        if !referenced.contains(hash) && now - o.modified > a.grace.as_secs() as i64 {
+        if !referenced.contains(hash) && now - o.modified >= a.grace.as_secs() as i64 {
             plan.chunk_bytes += o.size;
             doomed.push(hash.to_string());
         }
