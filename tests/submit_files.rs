@@ -400,8 +400,9 @@ fn executable_is_baton(submit: &Submit) -> bool {
 }
 
 /// Every check a submit file whose executable is baton must pass. `vars` are the DAG
-/// node's VARS (empty outside a DAG); `text` is the block, for the PLANNED marker.
-fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, text: &str) -> Result<BatonJob, String> {
+/// node's VARS (empty outside a DAG); `_text` is the block (unused since no example is
+/// marked PLANNED any more).
+fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, _text: &str) -> Result<BatonJob, String> {
     let get = |k: &str| -> Result<Option<String>, String> { submit.raw(k).map(|v| expand(v, submit, vars, 0)).transpose() };
     let args = get("arguments")?.ok_or("a baton job without `arguments`")?;
     let argv = split_arguments(&args).map_err(|e| format!("arguments {args:?}: {e}"))?;
@@ -481,9 +482,20 @@ fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, text: &str)
                 }
             }
         }
-        Some(s) if s.starts_with("osdf://") || s.starts_with("pelican://") => {
-            if !text.contains("PLANNED") {
-                return Err(format!("--store {s}: Pelican/OSDF stores are not supported yet; mark the example PLANNED"));
+        Some(s) if is_pelican_store(s) => {
+            // The bearer token: HTCondor's credential directory, or a file baton is told about.
+            let oauth = get("use_oauth_services")?.is_some();
+            let token_file = flag("--token-file").or_else(|| env.get("BEARER_TOKEN_FILE").cloned()).or_else(|| env.get("BATON_TOKEN_FILE").cloned());
+            match (oauth, token_file) {
+                (false, None) => {
+                    return Err(format!(
+                        "--store {s} but no token: use_oauth_services (HTCondor keeps a token in $_CONDOR_CREDS), or --token-file / BEARER_TOKEN_FILE"
+                    ))
+                }
+                (_, Some(f)) if !f.starts_with('/') && !inputs.iter().any(|i| *i == f) => {
+                    return Err(format!("token file {f} is not in transfer_input_files {inputs:?}"));
+                }
+                _ => {}
             }
         }
         Some(s) => return Err(format!("--store {s}: use s3:// (or a shared filesystem) in a submit file; a sandbox directory dies with the slot")),
@@ -616,32 +628,36 @@ fn the_exit85_migration_keeps_the_exit_code_and_points_dir_at_the_script_output(
     assert_eq!(job.argv[dashes + 1..], old[..]);
 }
 
+/// pelican://, osdf://, stash://, and HTCondor's `name+osdf://` form.
+fn is_pelican_store(s: &str) -> bool {
+    let scheme = s.split_once("://").map(|(sc, _)| sc.rsplit('+').next().unwrap_or(sc)).unwrap_or("");
+    matches!(scheme, "pelican" | "osdf" | "stash")
+}
+
 #[test]
-fn planned_pelican_stores_are_refused_today_as_the_doc_says() {
+fn the_pelican_submit_file_names_a_store_baton_accepts() {
     let blocks = blocks();
-    let mut planned = 0;
+    let mut pelican = 0;
     for b in blocks.iter().filter(|b| b.lang == "condor") {
         let submit = parse_submit(&b.text).unwrap();
-        if !executable_is_baton(&submit) || !b.text.contains("PLANNED") {
+        if !executable_is_baton(&submit) {
             continue;
         }
-        let job = check_baton_job(&submit, &BTreeMap::new(), &b.text).unwrap_or_else(|e| panic!("{}: {e}", b.at()));
-        let store = job.store.unwrap();
-        assert!(store.starts_with("osdf://") || store.starts_with("pelican://"), "{}: PLANNED but --store {store}", b.at());
-        // Not --parse-only: really start it, in an empty directory, and see it refused.
-        let dir = tempfile::tempdir().unwrap();
-        let out = clean_baton()
-            .current_dir(dir.path())
-            .args(["run", "--store", &store, "--run-id", "planned-check", "--", "true"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{}: {err}", b.at());
-        assert!(err.contains("not supported by this version of baton"), "{}: {err}", b.at());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may start: {err}");
-        planned += 1;
+        let Ok(job) = check_baton_job(&submit, &BTreeMap::new(), &b.text) else { continue };
+        let store = job.store.clone().unwrap();
+        if !is_pelican_store(&store) {
+            continue;
+        }
+        assert!(!b.text.contains("PLANNED"), "{}: Pelican stores are supported now", b.at());
+        // --parse-only checks the store URL itself: the same arguments with a broken URL fail.
+        let mut argv = job.argv.clone();
+        let i = argv.iter().position(|a| *a == store).unwrap();
+        argv[i] = "osdf:///".into();
+        let e = baton_parses(&argv).unwrap_err();
+        assert!(e.contains("exited Some(2)") && e.contains("no namespace"), "{}: {e}", b.at());
+        pelican += 1;
     }
-    assert_eq!(planned, 1, "the Pelican/OSDF section has one PLANNED submit file");
+    assert_eq!(pelican, 1, "the Pelican/OSDF section has one submit file");
 }
 
 #[test]
@@ -770,6 +786,12 @@ fn a_good_submit_file_passes_and_broken_arguments_fail() {
     assert!(broken("queue", "transfer_checkpoint_files = out\nqueue").contains("transfer_checkpoint_files"));
     assert!(broken("train.py, k, s", "train.py, k").contains("not in transfer_input_files"));
     assert!(broken("AWS_ENDPOINT_URL=", "AWS_ENDPOINT_URI=").contains("does not read"));
-    assert!(broken("s3://ml-ckpt/x", "osdf:///ns/x").contains("PLANNED"));
+    // A Pelican store needs a token: HTCondor's (use_oauth_services) or a transferred file.
+    assert!(broken("s3://ml-ckpt/x", "osdf:///ns/x").contains("no token"));
+    let osdf = GOOD.replace("s3://ml-ckpt/x", "osdf:///ns/x");
+    assert!(check_text(&osdf.replace("queue", "use_oauth_services = scitokens\nqueue")).is_ok());
+    assert!(check_text(&osdf.replace("run --store", "run --token-file k --store")).is_ok());
+    assert!(check_text(&osdf.replace("run --store", "run --token-file tok --store")).unwrap_err().contains("not in transfer_input_files"));
+    assert!(broken("s3://ml-ckpt/x", "osdf:///").contains("no namespace"), "--parse-only checks the URL");
     assert!(broken("--store s3://ml-ckpt/x ", "").contains("no --store"));
 }

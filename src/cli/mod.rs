@@ -25,7 +25,8 @@ background (sha256, zstd, content-addressed chunks), and on eviction lets the tr
 flushes what is not yet durable and exits before the hard kill.\n\n\
 Typical HTCondor use:  executable = baton\n                      arguments = run --store s3://bucket/ckpt -- python3 train.py",
     after_help = "Store URLs: a path or file:///path (the default store is a local directory), s3://bucket/prefix \
-(AWS_* variables, AWS_ENDPOINT_URL for non-AWS servers). Default: $BATON_STORE, else ~/.local/share/baton/store.\n\
+(AWS_* variables, AWS_ENDPOINT_URL for non-AWS servers), pelican://host/namespace/path or osdf:///namespace/path \
+(bearer token from --token-file, BEARER_TOKEN, BEARER_TOKEN_FILE or HTCondor's $_CONDOR_CREDS). Default: $BATON_STORE, else ~/.local/share/baton/store.\n\
 Docs: docs/protocol.md (trainer side), docs/store.md (layout), docs/exit-codes.md."
 )]
 struct Cli {
@@ -44,9 +45,15 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 pub struct StoreArg {
-    /// Where checkpoints live: a path, file:///path or s3://bucket/prefix.
-    #[arg(long, env = "BATON_STORE", value_name = "URL")]
+    /// Where checkpoints live: a path, file:///path, s3://bucket/prefix,
+    /// pelican://host/namespace/path or osdf:///namespace/path.
+    #[arg(long, env = "BATON_STORE", value_name = "URL", value_parser = check_store_url)]
     store: Option<String>,
+    /// Pelican/OSDF: the bearer token file, looked at before BEARER_TOKEN,
+    /// BEARER_TOKEN_FILE, $XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid>, TOKEN and
+    /// $_CONDOR_CREDS (re-read before every request batch).
+    #[arg(long, env = "BATON_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl StoreArg {
@@ -58,8 +65,23 @@ impl StoreArg {
     }
 
     pub fn open(&self) -> anyhow::Result<Store> {
-        Store::open(&self.url()?)
+        let options = crate::store::Options { token_file: self.token_file.clone() };
+        Store::open_with(&self.url()?, &options)
     }
+
+    /// `--token-file` as an absolute path, for `baton run` processes started elsewhere.
+    pub fn token_file(&self) -> anyhow::Result<Option<std::path::PathBuf>> {
+        Ok(match &self.token_file {
+            Some(p) => Some(std::path::absolute(p)?),
+            None => None,
+        })
+    }
+}
+
+/// Store URLs are checked while the command line is parsed (so `--parse-only` catches
+/// a bad one too); the text is kept as written.
+fn check_store_url(s: &str) -> Result<String, String> {
+    StoreUrl::parse(s).map(|_| s.to_string())
 }
 
 fn default_store_dir() -> std::path::PathBuf {
@@ -91,7 +113,9 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("baton={level},warn")));
+        // rustls-platform-verifier logs every rejected certificate at ERROR; baton says
+        // it once, in its own error.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("baton={level},warn,rustls_platform_verifier=off")));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

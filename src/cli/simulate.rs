@@ -129,6 +129,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let store = a.store.open()?;
     let work_dir = a.work_dir.unwrap_or_else(|| PathBuf::from("baton-sim").join(format!("seed-{seed}")));
     let mut run_args = vec![];
+    if let Some(t) = a.store.token_file()? {
+        run_args.extend(["--token-file".to_string(), t.display().to_string()]);
+    }
     if let Some(c) = a.checkpoint_exit_code {
         run_args.extend(["--checkpoint-exit-code".to_string(), c.to_string()]);
     }

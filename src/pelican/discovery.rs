@@ -47,14 +47,19 @@ pub async fn discover(http: &reqwest::Client, base: &str) -> Result<Federation, 
     let url = format!("{base}{WELL_KNOWN}");
     let what = format!("federation discovery ({url})");
     let mut last = None;
+    let start = std::time::Instant::now();
     for attempt in 0..3u32 {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            tokio::time::sleep(Duration::from_secs(if attempt == 1 { 1 } else { 3 })).await;
         }
         let resp = match http.get(&url).send().await {
             Ok(r) => r,
             Err(e) => {
-                last = Some(Error::from_reqwest(&what, &e));
+                let e = Error::from_reqwest(&what, &e);
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                last = Some(e);
                 continue;
             }
         };
@@ -74,7 +79,9 @@ pub async fn discover(http: &reqwest::Client, base: &str) -> Result<Federation, 
             Err(e) => last = Some(Error::from_reqwest(&what, &e)),
         }
     }
-    Err(last.unwrap_or(Error::Protocol { what, detail: "no answer".into() }))
+    // Three tries, as the Pelican client; callers do not retry discovery on top of that.
+    let last = last.unwrap_or(Error::Protocol { what, detail: "no answer".into() });
+    Err(Error::GaveUp { tries: 3, secs: start.elapsed().as_secs_f64(), last: Box::new(last) })
 }
 
 #[cfg(test)]

@@ -95,7 +95,13 @@ impl Error {
     pub fn from_reqwest(what: &str, e: &reqwest::Error) -> Error {
         let detail = root_cause(e);
         let what = what.to_string();
-        if e.is_connect() {
+        if detail.contains("certificate") {
+            // Not transient: retrying does not make a certificate trusted.
+            Error::Protocol {
+                what,
+                detail: format!("{detail}: the server's TLS certificate is not trusted; for a federation with a private CA, set SSL_CERT_FILE to its PEM bundle"),
+            }
+        } else if e.is_connect() {
             Error::Connect { what, detail }
         } else if e.is_timeout() {
             Error::Transfer { what, detail: format!("no data for too long ({detail})") }
@@ -233,9 +239,9 @@ impl Need {
     }
     fn why(self) -> &'static str {
         match self {
-            Need::Read => "baton reads checkpoints, manifests and listings with it",
-            Need::Create => "baton run writes checkpoints with it",
-            Need::Modify => "baton prune deletes objects with it",
+            Need::Read => "baton needs to read checkpoints and list them",
+            Need::Create => "baton run needs to write checkpoints",
+            Need::Modify => "baton prune needs to delete objects",
         }
     }
 }
@@ -418,7 +424,7 @@ impl Client {
             Some(c) if !c.allows(need.scope(), rel) => {
                 let scopes = c.storage_scopes();
                 Error::Denied(format!(
-                    "{path}: the token from {} lacks {}:{} ({server}); {}; its storage scopes are: {}",
+                    "{path}: the token from {} lacks {}:{}, which {}; its storage scopes are: {} (the server said {server})",
                     t.source,
                     need.scope(),
                     parent_of(rel),
@@ -485,8 +491,15 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 let err = Error::from_reqwest(&what, &e);
-                if !matches!(err, Error::Connect { .. }) {
-                    *sent_before = true;
+                if matches!(err, Error::Connect { .. }) {
+                    return Err(err);
+                }
+                // The body may have arrived (and the answer been lost), or the origin may
+                // have refused early (412) and closed the connection mid-body: look.
+                *sent_before = true;
+                if let Ok(Some((size, digest_header))) = self.head_object(&url, token.as_ref()).await {
+                    tracing::debug!("pelican: {what}: {err}; the object is there ({size} bytes)");
+                    return self.existing(path, data, size, digest_header.as_deref(), true);
                 }
                 return Err(err);
             }

@@ -3,6 +3,7 @@
 //! attempt records by (run, n). Nothing above this module builds a key by hand.
 
 mod local;
+mod pelican;
 mod s3;
 mod url;
 
@@ -26,6 +27,13 @@ pub enum StoreError {
     Auth { store: String, detail: String },
     #[error("cannot reach the store at {store} ({detail}); check the endpoint (AWS_ENDPOINT_URL) and that the server is up")]
     Unreachable { store: String, detail: String },
+    /// A refusal whose detail says the whole story (Pelican: missing or expired token,
+    /// a scope the token lacks).
+    #[error("the store at {store} refused the request: {detail}")]
+    Denied { store: String, detail: String },
+    /// The servers did not answer usefully within the retry budget (Pelican).
+    #[error("the store at {store} is not answering: {detail}")]
+    Outage { store: String, detail: String },
     #[error("{op} {key}: {detail}")]
     Backend { op: &'static str, key: String, detail: String },
     #[error("{op} {key}: {source}")]
@@ -101,12 +109,24 @@ fn attempt_key(run: &RunId, n: u64, end: bool) -> String {
     }
 }
 
+/// Settings that are not part of the URL.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Pelican: the bearer token file (`--token-file`), searched first.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
 impl Store {
     /// Open the store a URL names. Nothing is contacted yet.
     pub fn open(url: &StoreUrl) -> anyhow::Result<Store> {
+        Self::open_with(url, &Options::default())
+    }
+
+    pub fn open_with(url: &StoreUrl, options: &Options) -> anyhow::Result<Store> {
         let backend: Arc<dyn Backend> = match url {
             StoreUrl::Dir(path) => Arc::new(local::DirBackend::new(path.clone())),
             StoreUrl::S3 { bucket, prefix } => Arc::new(s3::S3Backend::new(bucket, prefix)?),
+            StoreUrl::Pelican(u) => Arc::new(pelican::PelicanBackend::new(u, options.token_file.clone())?),
         };
         Ok(Store { backend, url: url.to_string() })
     }

@@ -1,15 +1,20 @@
-//! Store URLs as users write them: `file:///path`, a plain path, `s3://bucket/prefix`.
+//! Store URLs as users write them: `file:///path`, a plain path, `s3://bucket/prefix`,
+//! `pelican://host/namespace/path`, `osdf:///namespace/path` (and `stash:///`, and the
+//! HTCondor form `name+osdf://...` that names the token).
 
 use std::fmt;
 use std::path::PathBuf;
+
+use crate::pelican::url::PelicanUrl;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Dir(PathBuf),
     S3 { bucket: String, prefix: String },
+    Pelican(PelicanUrl),
 }
 
-const SUPPORTED: &str = "use a path, file:///path or s3://bucket/prefix";
+const SUPPORTED: &str = "use a path, file:///path, s3://bucket/prefix, pelican://host/namespace/path or osdf:///namespace/path";
 
 impl StoreUrl {
     pub fn parse(s: &str) -> Result<StoreUrl, String> {
@@ -20,6 +25,9 @@ impl StoreUrl {
         let Some((scheme, rest)) = s.split_once("://") else {
             return Ok(StoreUrl::Dir(PathBuf::from(s)));
         };
+        if PelicanUrl::is_pelican(s) {
+            return PelicanUrl::parse(s).map(StoreUrl::Pelican);
+        }
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
                 if !rest.starts_with('/') {
@@ -38,9 +46,6 @@ impl StoreUrl {
                 }
                 Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix })
             }
-            "pelican" | "osdf" => Err(format!(
-                "{s}: Pelican/OSDF stores are not supported by this version of baton yet; {SUPPORTED}"
-            )),
             other => Err(format!("{s}: unknown store scheme '{other}://'; {SUPPORTED}")),
         }
     }
@@ -52,6 +57,7 @@ impl fmt::Display for StoreUrl {
             StoreUrl::Dir(p) => write!(f, "{}", p.display()),
             StoreUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             StoreUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StoreUrl::Pelican(u) => write!(f, "{u}"),
         }
     }
 }
@@ -70,6 +76,25 @@ mod tests {
             StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into() }
         );
         assert_eq!(StoreUrl::parse("s3://b").unwrap(), StoreUrl::S3 { bucket: "b".into(), prefix: "".into() });
+    }
+
+    #[test]
+    fn pelican_and_osdf_urls_are_stores_and_round_trip() {
+        for (written, shown) in [
+            ("pelican://fed.example.org/ns/ckpt", "pelican://fed.example.org/ns/ckpt"),
+            ("pelican://127.0.0.1:8443/test/x/", "pelican://127.0.0.1:8443/test/x"),
+            ("osdf:///ospool/ap40/data/alice/ckpt", "osdf:///ospool/ap40/data/alice/ckpt"),
+            ("osdf://ospool/ap40/x", "osdf:///ospool/ap40/x"),
+            ("stash:///osgconnect/x", "stash:///osgconnect/x"),
+            ("mytoken+osdf:///ns/x", "mytoken+osdf:///ns/x"),
+        ] {
+            let u = StoreUrl::parse(written).unwrap();
+            assert!(matches!(u, StoreUrl::Pelican(_)), "{written}");
+            assert_eq!(u.to_string(), shown);
+            assert_eq!(StoreUrl::parse(&u.to_string()).unwrap(), u, "{written}");
+        }
+        assert!(StoreUrl::parse("pelican:///ns").unwrap_err().contains("federation host"));
+        assert!(StoreUrl::parse("osdf:///").unwrap_err().contains("namespace"));
     }
 
     #[test]
