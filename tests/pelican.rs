@@ -535,3 +535,43 @@ fn simulate_runs_on_a_pelican_store_with_the_token_file_flag() {
     assert_eq!(r["completed"], true, "{r}");
     assert!(r["attempts"].as_array().unwrap().len() >= 2, "{r}");
 }
+
+#[test]
+fn the_token_file_is_re_read_so_a_refreshed_token_keeps_the_run_going() {
+    let fed = Federation::start();
+    let slot = tempfile::tempdir().unwrap();
+    let tok = slot.path().join("tok");
+    // A token that expires a few seconds into the run, as a credmon-managed one would
+    // without its refresh.
+    std::fs::write(&tok, fed.mint_token(READ_CREATE, 8)).unwrap();
+    let env = env_with(&fed, &[("BEARER_TOKEN_FILE", tok.to_str().unwrap())]);
+    let go = slot.path().join("go");
+    let script = format!(
+        r#"D=$BATON_CHECKPOINT_DIR
+        head -c 100000 /dev/urandom > $D/a && "$BATON_BIN" commit --epoch 1 || exit 1
+        while [ ! -e {go} ]; do sleep 0.05; done
+        head -c 100000 /dev/urandom > $D/a && "$BATON_BIN" commit --epoch 2
+        exit 0"#,
+        go = go.display()
+    );
+    let t0 = Instant::now();
+    let child = spawn_run(slot.path(), &fed.store_url("refresh"), "r", &env, &[], &["sh", "-c", &script]);
+    let first = fed.object_path("/test/refresh/runs/r/checkpoints/0000000001.json");
+    while !first.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(8), "checkpoint 1 was not durable before the token expired:\n{}", fed.server_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The refresh (atomically, as the credmon does), then wait until the old token is dead.
+    let fresh = slot.path().join("tok.new");
+    std::fs::write(&fresh, fed.mint_token(READ_CREATE, 600)).unwrap();
+    std::fs::rename(&fresh, &tok).unwrap();
+    while t0.elapsed() < Duration::from_secs(9) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = output_of(child);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{err}", out.status);
+    let v = inspect_json(&fed.store_url("refresh"), "r", &env);
+    assert_eq!(v["checkpoints"].as_array().unwrap().len(), 3, "{v}");
+}

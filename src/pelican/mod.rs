@@ -811,6 +811,15 @@ remove the object with a token that has storage.modify, then commit again"
                     Err(e) => retry.again(e).await?,
                 }
             };
+            // A listing that names nothing at or under the directory asked about means the
+            // server writes hrefs some other way: an error, not an empty directory (which
+            // would make `baton run` start afresh).
+            if !entries.is_empty() && !entries.iter().any(|e| e.path == d || e.path.starts_with(&format!("{d}/"))) {
+                return Err(Error::Protocol {
+                    what: format!("PROPFIND {d}"),
+                    detail: format!("the listing names {} but nothing under {d}", entries[0].path),
+                });
+            }
             for e in entries {
                 // Only what lies under the directory asked about (a hostile or confused
                 // server cannot widen the listing).
