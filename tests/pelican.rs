@@ -575,3 +575,21 @@ fn the_token_file_is_re_read_so_a_refreshed_token_keeps_the_run_going() {
     let v = inspect_json(&fed.store_url("refresh"), "r", &env);
     assert_eq!(v["checkpoints"].as_array().unwrap().len(), 3, "{v}");
 }
+
+#[test]
+fn run_ids_from_job_ads_survive_url_escaping_and_director_answers_are_reused() {
+    let fed = Federation::start();
+    let (env, _) = rw_env(&fed);
+    let store = fed.store_url("ids");
+    let run = "ap1.chtc.wisc.edu#1234.0#1700000000+a@b=c";
+    fed.clear_log();
+    let (out, _) = small_run(&store, run, &env, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    verify_ok(&store, run, &env);
+    assert!(fed.object_path(&format!("/test/ids/runs/{run}/checkpoints/0000000001.json")).is_file());
+    // One director question per verb and namespace (and discovery), not one per object.
+    let log = fed.log_entries();
+    let director = log.iter().filter(|e| e["server"] == "federation" && !e["target"].as_str().unwrap().starts_with("/.well-known")).count();
+    let data = log.iter().filter(|e| e["server"] != "federation").count();
+    assert!(director <= 8 && data > 10, "{director} director requests for {data} data requests:\n{}", fed.log());
+}

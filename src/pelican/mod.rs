@@ -343,8 +343,7 @@ impl Client {
         let answer = director::ask(&self.http, &director, path, verb).await?;
         tracing::debug!("pelican: director {} {path}: {:?}", verb.method(), answer);
         if let Some(ns) = &answer.namespace {
-            let suffix = encode_path(path);
-            let bases: Option<Vec<String>> = answer.servers.iter().map(|u| u.strip_suffix(&suffix).map(str::to_string)).collect();
+            let bases: Option<Vec<String>> = answer.servers.iter().map(|u| server_base(u, path)).collect();
             if let Some(bases) = bases {
                 let mut routes = self.routes.lock().unwrap();
                 routes.retain(|r| !(r.verb == verb && r.namespace.prefix == ns.prefix));
@@ -911,6 +910,18 @@ fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// The server part of an object URL the director gave for `path`
+/// (`https://cache:8443/test/a%2Bb` for `/test/a+b` → `https://cache:8443`), whatever
+/// characters the director chose to escape; `None` when the URL does not end in `path`.
+fn server_base(url: &str, path: &str) -> Option<String> {
+    let after_scheme = url.find("://")? + 3;
+    let path_start = url[after_scheme..].find('/').map(|i| i + after_scheme)?;
+    let (host, url_path) = url.split_at(path_start);
+    let decoded = percent_encoding::percent_decode_str(url_path).decode_utf8().ok()?;
+    let prefix = decoded.strip_suffix(path)?;
+    Some(format!("{host}{}", encode_path(prefix)))
+}
+
 /// The directory a scope must cover for `path` (`/a/b/c` → `/a/b`).
 fn parent_of(path: &str) -> &str {
     match path.rfind('/') {
@@ -945,6 +956,17 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn server_bases_survive_any_escaping() {
+        assert_eq!(server_base("https://c:8443/test/a%2Bb%23c", "/test/a+b#c").as_deref(), Some("https://c:8443"));
+        assert_eq!(server_base("https://c:8443/test/a+b%23c", "/test/a+b#c").as_deref(), Some("https://c:8443"));
+        assert_eq!(server_base("https://o/prefix/test/x", "/test/x").as_deref(), Some("https://o/prefix"));
+        assert_eq!(server_base("https://o/other/y", "/test/x"), None);
+        assert_eq!(server_base("https://o", "/test/x"), None);
+        let base = server_base("https://c:1/test/a%2Bb", "/test/a+b").unwrap();
+        assert_eq!(format!("{base}{}", encode_path("/test/z+y#1")), "https://c:1/test/z+y%231");
     }
 
     #[test]
