@@ -76,11 +76,14 @@ def main():
     print(f"ckpt_trainer: start at epoch {epoch} step {step} on {os.environ.get('BATON_DEVICE', '?')}", file=sys.stderr, flush=True)
     base = base_weights(a.ckpt_mb)
     dt = a.epoch_seconds / a.steps_per_epoch
+    saved = (epoch, step) if os.path.exists(state) else None
     while epoch < a.epochs:
         while step < a.steps_per_epoch:
             if stop:
-                save(ckpt, base, epoch, step, a.steps_per_epoch)
-                commit(epoch, step, "eviction")
+                # A checkpoint committed at this very step needs no second save.
+                if saved != (epoch, step):
+                    save(ckpt, base, epoch, step, a.steps_per_epoch)
+                    commit(epoch, step, "eviction")
                 print(f"ckpt_trainer: saved at epoch {epoch} step {step} on signal", file=sys.stderr, flush=True)
                 sys.exit(143)
             time.sleep(dt)
@@ -88,6 +91,7 @@ def main():
         epoch, step = epoch + 1, 0
         save(ckpt, base, epoch, step, a.steps_per_epoch)
         commit(epoch, 0, "epoch")
+        saved = (epoch, step)
         print(f"ckpt_trainer: epoch {epoch}/{a.epochs} committed", file=sys.stderr, flush=True)
     print("ckpt_trainer: done", file=sys.stderr, flush=True)
 

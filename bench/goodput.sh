@@ -41,13 +41,15 @@ print(f"`baton simulate` of `bench/ckpt_trainer.py`: {epochs} epochs of ~{epoch_
       f"`GOODPUT_MB`, `GOODPUT_MEAN`, `GOODPUT_SEED`). Useful time is training time that was kept: from the "
       f"end of each attempt's restore to its eviction signal (or exit), less the work done after its last "
       f"durable checkpoint; the rest of the wall time is restore, drain (the trainer's save on SIGTERM), "
-      f"flush, process start and redone work.")
+      f"flush, process start and redone work. \"Signal to exit\" is from the eviction signal until baton "
+      f"was gone: the trainer's save and commit, then the flush.")
 print()
-print("| # | slot | ending | start (s) | seconds | restore (s) | flush (s) | work lost (s) |")
-print("|---:|---|---|---:|---:|---:|---:|---:|")
+print("| # | slot | ending | start (s) | seconds | restore (s) | signal to exit (s) | flush (s) | work lost (s) |")
+print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
 for a in r["attempts"]:
     flush = "-" if a["flush_seconds"] is None else f'{a["flush_seconds"]:.2f}'
-    print(f'| {a["attempt"]} | {a["slot"]} | {a["ending"]} | {a["start"]:.1f} | {a["duration"]:.1f} | {a["restore_seconds"]:.2f} | {flush} | {a["work_lost"]:.1f} |')
+    gone = "-" if a.get("evicted_at") is None else f'{a["start"] + a["duration"] - a["evicted_at"]:.1f}'
+    print(f'| {a["attempt"]} | {a["slot"]} | {a["ending"]} | {a["start"]:.1f} | {a["duration"]:.1f} | {a["restore_seconds"]:.2f} | {gone} | {flush} | {a["work_lost"]:.1f} |')
 print()
 print(f'**Goodput {t["goodput"]*100:.1f}%** (useful {t["useful_seconds"]:.1f} s of {t["wall_seconds"]:.1f} s wall); '
       f'{t["evictions"]} eviction(s), {t["work_lost_per_eviction"]:.1f} s of work lost per eviction; '

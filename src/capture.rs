@@ -5,9 +5,9 @@
 //! filesystems that can (btrfs, XFS) and copies in the kernel elsewhere.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct SnapFile {
@@ -21,6 +21,8 @@ pub struct SnapFile {
 pub struct Snapshot {
     pub dir: PathBuf,
     pub files: Vec<SnapFile>,
+    /// What the live files looked like when they were copied.
+    pub stamps: Vec<FileStamp>,
     pub seconds: f64,
 }
 
@@ -83,9 +85,38 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(),
     Ok(())
 }
 
-fn stamp(path: &Path) -> Result<(u64, Option<SystemTime>), CaptureError> {
+/// Identity and change times of a live file. Any write to a file moves its ctime (which
+/// no user call can set back), so an equal stamp means the same bytes: the same test
+/// restic and git use to skip rereading unchanged files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    pub rel: String,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp(rel: &str, path: &Path) -> Result<FileStamp, CaptureError> {
     let m = std::fs::metadata(path).map_err(io_err(path))?;
-    Ok((m.len(), m.modified().ok()))
+    Ok(FileStamp {
+        rel: rel.to_string(),
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// The stamps of every file a snapshot of `src` would copy, without copying anything.
+pub fn stamps(src: &Path) -> Result<Vec<FileStamp>, CaptureError> {
+    let mut found = Vec::new();
+    if src.exists() {
+        walk(src, src, &mut found)?;
+    }
+    found.iter().map(|(rel, path)| stamp(rel, path)).collect()
 }
 
 /// Copy every regular file under `src` into `staging` (which must not exist yet).
@@ -97,14 +128,15 @@ pub fn snapshot(src: &Path, staging: &Path) -> Result<Snapshot, CaptureError> {
     }
     std::fs::create_dir_all(staging).map_err(io_err(staging))?;
     let mut files = Vec::with_capacity(found.len());
+    let mut stamps = Vec::with_capacity(found.len());
     for (rel, from) in found {
         let to = staging.join(&rel);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let before = stamp(&from)?;
+        let before = stamp(&rel, &from)?;
         std::fs::copy(&from, &to).map_err(io_err(&from))?;
-        if stamp(&from)? != before {
+        if stamp(&rel, &from)? != before {
             let _ = std::fs::remove_dir_all(staging);
             return Err(CaptureError::Changed { path: from });
         }
@@ -112,8 +144,9 @@ pub fn snapshot(src: &Path, staging: &Path) -> Result<Snapshot, CaptureError> {
         // setuid/setgid bits never travel through a checkpoint.
         let mode = meta.permissions().mode() & 0o777;
         files.push(SnapFile { rel, size: meta.len(), mode });
+        stamps.push(before);
     }
-    Ok(Snapshot { dir: staging.to_path_buf(), files, seconds: start.elapsed().as_secs_f64() })
+    Ok(Snapshot { dir: staging.to_path_buf(), files, stamps, seconds: start.elapsed().as_secs_f64() })
 }
 
 /// `a/b` -> a path under `root`, refusing anything that would leave it.

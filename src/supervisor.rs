@@ -61,7 +61,22 @@ pub fn state_dir_for(dir: &Path) -> PathBuf {
 
 struct Job {
     info: CommitInfo,
-    snap: Snapshot,
+    source: Source,
+}
+
+enum Source {
+    /// A fresh copy of the checkpoint directory.
+    Snapshot(Snapshot),
+    /// The same files as this earlier seq: the directory has not changed since.
+    Same(u64),
+}
+
+impl Source {
+    fn discard(&self) {
+        if let Source::Snapshot(s) = self {
+            s.discard();
+        }
+    }
 }
 
 /// An upload's outcome: the manifest, or why not and whether another writer owns the seq.
@@ -74,7 +89,9 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
     let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     tokio::spawn(async move {
-        let mut queue = VecDeque::new();
+        let mut queue: VecDeque<Job> = VecDeque::new();
+        // The newest checkpoint uploaded from a snapshot: what a `Source::Same` repeats.
+        let mut last_ok: Option<Manifest> = None;
         loop {
             while let Ok(j) = job_rx.try_recv() {
                 queue.push_back(j);
@@ -90,13 +107,28 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
                 while queue.len() > 1 {
                     let old: Job = queue.pop_front().expect("len > 1");
                     tracing::warn!("eviction: skipping the upload of checkpoint {} (superseded by a newer commit)", old.info.seq);
-                    old.snap.discard();
+                    // A newer commit that repeats this one takes over its files.
+                    let newest = queue.back_mut().expect("len > 1");
+                    if matches!(newest.source, Source::Same(seq) if seq == old.info.seq) {
+                        newest.source = old.source;
+                    } else {
+                        old.source.discard();
+                    }
                     let _ = done_tx.send((old.info.seq, Err(("superseded during eviction".into(), false))));
                 }
             }
             let job = queue.pop_front().expect("not empty");
-            let result = upload::upload(&store, &attempt, &job.info, &job.snap, &settings, &known).await;
-            job.snap.discard();
+            let result = match &job.source {
+                Source::Snapshot(snap) => upload::upload(&store, &attempt, &job.info, snap, &settings, &known).await,
+                Source::Same(seq) => match &last_ok {
+                    Some(m) if m.seq == *seq => upload::repeat(&store, &attempt, &job.info, m).await,
+                    _ => Err(anyhow::anyhow!("it repeats checkpoint {seq}, which did not become durable")),
+                },
+            };
+            if let (Ok(m), Source::Snapshot(_)) = (&result, &job.source) {
+                last_ok = Some(m.clone());
+            }
+            job.source.discard();
             let result = result.map_err(|e| {
                 let conflict = e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Conflict { .. })));
                 (format!("{e:#}"), conflict)
@@ -150,6 +182,8 @@ struct Supervisor {
     committed: Vec<u64>,
     durable: Vec<u64>,
     final_seq: Option<u64>,
+    /// The newest snapshot's seq and what its live files looked like when copied.
+    last_stamps: Option<(u64, Vec<capture::FileStamp>)>,
     /// Progress into the job ad, under HTCondor.
     chirp: Option<Chirp>,
     /// Set when another attempt of the same run wrote one of our seqs: this attempt is a
@@ -188,9 +222,32 @@ impl Supervisor {
         (env, unset)
     }
 
+    /// The last commit, when the checkpoint directory is exactly as it was then (same
+    /// files, same inodes, same change times) and that commit is durable or on its way.
+    async fn unchanged_since(&self) -> Option<u64> {
+        let (seq, before) = self.last_stamps.as_ref()?;
+        if !(self.durable.contains(seq) || self.outstanding.contains(seq)) {
+            return None;
+        }
+        let src = self.cfg.dir.clone();
+        let now = tokio::task::spawn_blocking(move || capture::stamps(&src)).await.ok()?.ok()?;
+        (&now == before).then_some(*seq)
+    }
+
     /// Copy the checkpoint directory as it is now and queue it for upload.
     async fn capture(&mut self, reason: Reason, req: commit::Request) -> Result<u64, String> {
         let seq = self.next_seq;
+        if let Some(same) = self.unchanged_since().await {
+            self.next_seq += 1;
+            tracing::info!("checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files");
+            let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
+            self.committed.push(seq);
+            self.outstanding.insert(seq);
+            if self.jobs.send(Job { info, source: Source::Same(same) }).is_err() {
+                return Err("the uploader has stopped".into());
+            }
+            return Ok(seq);
+        }
         let staging = self.state_dir.join("staging").join(seq.to_string());
         let _ = std::fs::remove_dir_all(&staging);
         let (src, dst) = (self.cfg.dir.clone(), staging.clone());
@@ -213,7 +270,8 @@ impl Supervisor {
         let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
         self.committed.push(seq);
         self.outstanding.insert(seq);
-        if self.jobs.send(Job { info, snap }).is_err() {
+        self.last_stamps = Some((seq, snap.stamps.clone()));
+        if self.jobs.send(Job { info, source: Source::Snapshot(snap) }).is_err() {
             return Err("the uploader has stopped".into());
         }
         Ok(seq)
@@ -392,6 +450,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         committed: vec![],
         durable: vec![],
         final_seq: None,
+        last_stamps: None,
         chirp: Chirp::from_env(),
         conflict: None,
     };

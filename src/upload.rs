@@ -169,6 +169,19 @@ pub async fn upload(
         files.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, sha256, chunks });
     }
     sizes.upload_seconds = start.elapsed().as_secs_f64();
+    publish(store, attempt, info, files, sizes).await
+}
+
+/// Commit `info.seq` as the same files as `of`, a checkpoint this attempt made durable
+/// whose live files have not changed since (see `capture::FileStamp`): nothing is read
+/// or uploaded but the manifest.
+pub async fn repeat(store: &Store, attempt: &Attempt, info: &CommitInfo, of: &Manifest) -> anyhow::Result<Manifest> {
+    let sizes = Sizes { logical_bytes: of.sizes.logical_bytes, ..Default::default() };
+    publish(store, attempt, info, of.files.clone(), sizes).await
+}
+
+/// Write the manifest: the last write of a checkpoint, after all its chunks are durable.
+async fn publish(store: &Store, attempt: &Attempt, info: &CommitInfo, files: Vec<FileEntry>, sizes: Sizes) -> anyhow::Result<Manifest> {
     let manifest = Manifest {
         format: FORMAT,
         run_id: attempt.run.to_string(),

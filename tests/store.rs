@@ -80,3 +80,33 @@ fn two_writers_of_one_run_never_overwrite_each_other_and_the_loser_stops() {
     let out = baton().args(["verify", "--store", s, "twins"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// A final checkpoint of a directory nobody touched since the last commit reuses that
+/// commit's files without reading them again; one rewritten with the very same bytes is
+/// captured again, because only an untouched file is trusted to be unchanged.
+#[test]
+fn an_unchanged_directory_is_not_read_again_but_a_rewritten_one_is() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let untouched = r#"head -c 3000000 /dev/urandom > $BATON_CHECKPOINT_DIR/w.bin && "$BATON_BIN" commit --epoch 1"#;
+    let rewritten = r#"head -c 3000000 /dev/urandom > $BATON_CHECKPOINT_DIR/w.bin && "$BATON_BIN" commit --epoch 1 &&
+        cp $BATON_CHECKPOINT_DIR/w.bin /tmp/baton-test-$$ && cat /tmp/baton-test-$$ > $BATON_CHECKPOINT_DIR/w.bin && rm /tmp/baton-test-$$"#;
+    for (run, script, reused) in [("same", untouched, true), ("rewritten", rewritten, false)] {
+        let slot = tempfile::tempdir().unwrap();
+        let out = output_of(spawn_run(slot.path(), s, run, &[], &[], &["sh", "-c", script]));
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.contains("unchanged since checkpoint 1; reusing its files"), reused, "{run}: {err}");
+        let (first, last) = (manifest_json(s, run, 1), manifest_json(s, run, 2));
+        assert_eq!(last["reason"], "final");
+        assert_eq!(first["files"], last["files"], "{run}: same bytes, same file entries");
+        assert_eq!(last["sizes"]["new_bytes"], 0);
+        assert_eq!(last["sizes"]["logical_bytes"], 3000000);
+        let restored = slot.path().join("restored");
+        let o = baton().args(["restore", "--store", s, run, "--to", restored.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert_eq!(std::fs::read(restored.join("w.bin")).unwrap(), std::fs::read(slot.path().join("checkpoint/w.bin")).unwrap());
+    }
+    let o = baton().args(["verify", "--store", s]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+}
