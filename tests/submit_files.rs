@@ -770,6 +770,9 @@ fn a_good_submit_file_passes_and_broken_arguments_fail() {
     assert!(e.contains("no `--`"), "{e}");
     let e = baton_parses(&["run".into(), "--store".into(), "s3://b".into(), "python3".into(), "train.py".into()]).unwrap_err();
     assert!(e.contains("exited Some(2)") && e.contains("unexpected argument 'python3'"), "{e}");
+    // `--` with nothing after it: --parse-only says what baton run would.
+    let e = baton_parses(&["run".into(), "--store".into(), "s3://b".into(), "--".into()]).unwrap_err();
+    assert!(e.contains("exited Some(2)") && e.contains("needs a command after `--`"), "{e}");
     // A trainer flag put before `--`.
     let e = broken("--store s3://ml-ckpt/x --", "--store s3://ml-ckpt/x --epochs 3 --");
     assert!(e.contains("exited Some(2)") && e.contains("--epochs"), "{e}");

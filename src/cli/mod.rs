@@ -133,6 +133,15 @@ pub fn main() -> i32 {
         }
     };
     if cli.parse_only {
+        let problem = match &cli.command {
+            Command::Run(a) => a.problem(),
+            Command::Simulate(a) => a.problem(),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            eprintln!("baton: error: {p}");
+            return 2;
+        }
         println!("command line ok");
         return 0;
     }

@@ -77,9 +77,18 @@ fn parse_share(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+const MISSING_COMMAND: &str = "baton run needs a command after `--`, for example: baton run --run-id r1 -- python3 train.py";
+
+impl Args {
+    /// What is wrong with the command line that clap cannot see, for `--parse-only` too.
+    pub fn problem(&self) -> Option<&'static str> {
+        self.command.is_empty().then_some(MISSING_COMMAND)
+    }
+}
+
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     if a.command.is_empty() {
-        return Err(usage("baton run needs a command after `--`, for example: baton run --run-id r1 -- python3 train.py"));
+        return Err(usage(MISSING_COMMAND));
     }
     let sandbox = Sandbox::from_env();
     let run = match a.run_id {

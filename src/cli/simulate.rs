@@ -95,6 +95,15 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+const MISSING_COMMAND: &str = "baton simulate needs a command after `--`, for example: baton simulate --evictions 3 -- python3 train.py";
+
+impl Args {
+    /// What is wrong with the command line that clap cannot see, for `--parse-only` too.
+    pub fn problem(&self) -> Option<&'static str> {
+        self.command.is_empty().then_some(MISSING_COMMAND)
+    }
+}
+
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let seed = a.seed.unwrap_or_else(|| crate::attempt::now().to_bits() ^ std::process::id() as u64);
     let schedule = match &a.trace {
@@ -114,7 +123,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if a.command.is_empty() {
-        return Err(usage("baton simulate needs a command after `--`, for example: baton simulate --evictions 3 -- python3 train.py"));
+        return Err(usage(MISSING_COMMAND));
     }
     if a.vacate_window < Duration::from_secs(2) {
         return Err(usage("--vacate-window must be at least 2s"));
