@@ -23,12 +23,25 @@ pub struct Snapshot {
     pub files: Vec<SnapFile>,
     /// What the live files looked like when they were copied.
     pub stamps: Vec<FileStamp>,
+    /// The files held by hard link, as they were when linked.
+    pub linked: Vec<FileStamp>,
     pub seconds: f64,
 }
 
 impl Snapshot {
     pub fn logical_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Whether every linked file is as it was when linked; the first that is not, if any.
+    pub fn still_intact(&self) -> Result<(), CaptureError> {
+        for then in &self.linked {
+            let path = self.dir.join(&then.rel);
+            if stamp(&then.rel, &path)? != *then {
+                return Err(CaptureError::WrittenAfterCommit { path });
+            }
+        }
+        Ok(())
     }
 
     pub fn discard(&self) {
@@ -42,6 +55,8 @@ pub enum CaptureError {
     Io { path: PathBuf, #[source] source: io::Error },
     #[error("{path}: changed while baton was copying it; the trainer must not write checkpoint files until `baton commit` returns")]
     Changed { path: PathBuf },
+    #[error("{path}: written again after the command's last commit, while baton was uploading it; during an eviction (and after exit) the trainer must leave committed files alone")]
+    WrittenAfterCommit { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CaptureError + '_ {
@@ -119,8 +134,20 @@ pub fn stamps(src: &Path) -> Result<Vec<FileStamp>, CaptureError> {
     found.iter().map(|(rel, path)| stamp(rel, path)).collect()
 }
 
-/// Copy every regular file under `src` into `staging` (which must not exist yet).
-pub fn snapshot(src: &Path, staging: &Path) -> Result<Snapshot, CaptureError> {
+/// How a snapshot holds the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A private copy: the trainer may overwrite its files the moment commit returns.
+    Copy,
+    /// Hard links to the live files, for when nobody will write them again (the command
+    /// is being evicted or has exited): no second gigabyte written to the disk while
+    /// the flush needs it. The upload checks the files are unchanged before it commits
+    /// (`Snapshot::still_intact`). Falls back to a copy where links cannot be made.
+    Link,
+}
+
+/// Copy (or link) every regular file under `src` into `staging` (which must not exist yet).
+pub fn snapshot(src: &Path, staging: &Path, hold: Hold) -> Result<Snapshot, CaptureError> {
     let start = Instant::now();
     let mut found = Vec::new();
     if src.exists() {
@@ -129,10 +156,20 @@ pub fn snapshot(src: &Path, staging: &Path) -> Result<Snapshot, CaptureError> {
     std::fs::create_dir_all(staging).map_err(io_err(staging))?;
     let mut files = Vec::with_capacity(found.len());
     let mut stamps = Vec::with_capacity(found.len());
+    let mut linked = Vec::new();
     for (rel, from) in found {
         let to = staging.join(&rel);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        if hold == Hold::Link && std::fs::hard_link(&from, &to).is_ok() {
+            // A new link moves the inode's ctime: the stamp to hold it to is the one after.
+            let now = stamp(&rel, &to)?;
+            let meta = std::fs::metadata(&to).map_err(io_err(&to))?;
+            files.push(SnapFile { rel, size: meta.len(), mode: meta.permissions().mode() & 0o777 });
+            linked.push(now.clone());
+            stamps.push(now);
+            continue;
         }
         let before = stamp(&rel, &from)?;
         std::fs::copy(&from, &to).map_err(io_err(&from))?;
@@ -146,7 +183,7 @@ pub fn snapshot(src: &Path, staging: &Path) -> Result<Snapshot, CaptureError> {
         files.push(SnapFile { rel, size: meta.len(), mode });
         stamps.push(before);
     }
-    Ok(Snapshot { dir: staging.to_path_buf(), files, stamps, seconds: start.elapsed().as_secs_f64() })
+    Ok(Snapshot { dir: staging.to_path_buf(), files, stamps, linked, seconds: start.elapsed().as_secs_f64() })
 }
 
 /// `a/b` -> a path under `root`, refusing anything that would leave it.
@@ -172,7 +209,7 @@ mod tests {
         std::fs::write(src.join("sub/b.pt"), b"bee").unwrap();
         std::os::unix::fs::symlink("a.pt", src.join("last.pt")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", src.join("escape")).unwrap();
-        let snap = snapshot(&src, &t.path().join("stage")).unwrap();
+        let snap = snapshot(&src, &t.path().join("stage"), Hold::Copy).unwrap();
         std::fs::write(src.join("a.pt"), b"epoch2").unwrap();
         let names: Vec<_> = snap.files.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(names, ["a.pt", "last.pt", "sub/b.pt"]);

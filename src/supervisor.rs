@@ -251,7 +251,13 @@ impl Supervisor {
         let staging = self.state_dir.join("staging").join(seq.to_string());
         let _ = std::fs::remove_dir_all(&staging);
         let (src, dst) = (self.cfg.dir.clone(), staging.clone());
-        let snap = tokio::task::spawn_blocking(move || capture::snapshot(&src, &dst))
+        // Once the command is being evicted or has finished, nobody writes its files again.
+        let hold = if matches!(self.phase, Phase::Draining { .. }) || reason == Reason::Final {
+            capture::Hold::Link
+        } else {
+            capture::Hold::Copy
+        };
+        let snap = tokio::task::spawn_blocking(move || capture::snapshot(&src, &dst, hold))
             .await
             .map_err(|e| format!("capture failed: {e}"))?
             .map_err(|e| format!("capture failed: {e}"))?;

@@ -169,6 +169,8 @@ pub async fn upload(
         files.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, sha256, chunks });
     }
     sizes.upload_seconds = start.elapsed().as_secs_f64();
+    // A snapshot of hard links is only good if nothing wrote the files while they were read.
+    snap.still_intact().map_err(|e| anyhow::anyhow!("{e}; checkpoint {} is not committed", info.seq))?;
     publish(store, attempt, info, files, sizes).await
 }
 

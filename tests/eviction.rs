@@ -130,3 +130,44 @@ fn a_flush_that_cannot_finish_in_time_leaves_the_previous_checkpoint_latest() {
     let out = baton().args(["verify", "--store", s, "slow"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// During an eviction baton holds the committed files by hard link instead of copying
+/// them (the trainer is about to exit). A trainer that writes them again anyway must not
+/// get a checkpoint of mixed bytes: the upload notices and does not commit it.
+#[test]
+fn files_written_again_during_an_eviction_flush_are_never_committed_mixed() {
+    let store = tempfile::tempdir().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let script = r#"
+        f=$BATON_CHECKPOINT_DIR/w.bin
+        on_term() {
+            head -c 67108864 /dev/zero | tr '\0' a > $f
+            "$BATON_BIN" commit --epoch 1
+            for i in 1 2 3 4 5 6 7 8; do head -c 67108864 /dev/zero | tr '\0' b > $f; done
+            exit 143
+        }
+        trap on_term TERM
+        echo ready
+        while :; do sleep 0.1; done"#;
+    let mut child = spawn_run(slot.path(), s, "rewriter", &[], &[], &["sh", "-c", script]);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+    send_signal(child.id(), libc::SIGTERM);
+    let out = output_of(child);
+    let err = text(&out.stderr);
+    let listed = baton().args(["inspect", "--store", s, "rewriter", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+    match v["checkpoints"].as_array().and_then(|c| c.last()) {
+        // The upload won the race: what it committed must be exactly the committed bytes.
+        Some(c) => {
+            let to = slot.path().join("restored");
+            let o = baton().args(["restore", "--store", s, "rewriter", &c["seq"].to_string(), "--to", to.to_str().unwrap()]).output().unwrap();
+            assert!(o.status.success(), "{}", text(&o.stderr));
+            let data = std::fs::read(to.join("w.bin")).unwrap();
+            assert!(data.len() == 67108864 && data.iter().all(|&b| b == b'a'), "a checkpoint of mixed bytes was committed:\n{err}");
+        }
+        None => assert!(err.contains("written again after the command's last commit"), "{err}"),
+    }
+}
