@@ -15,16 +15,16 @@ pub struct SnapFile {
     pub rel: String,
     pub size: u64,
     pub mode: u32,
+    /// Held by hard link to the live file rather than copied (`Hold::Link`).
+    pub linked: bool,
 }
 
 #[derive(Debug)]
 pub struct Snapshot {
     pub dir: PathBuf,
     pub files: Vec<SnapFile>,
-    /// What the live files looked like when they were copied.
+    /// What the live files looked like when they were copied or linked, one per file.
     pub stamps: Vec<FileStamp>,
-    /// The files held by hard link, as they were when linked.
-    pub linked: Vec<FileStamp>,
     pub seconds: f64,
 }
 
@@ -35,9 +35,9 @@ impl Snapshot {
 
     /// Whether every linked file is as it was when linked; the first that is not, if any.
     pub fn still_intact(&self) -> Result<(), CaptureError> {
-        for then in &self.linked {
-            let path = self.dir.join(&then.rel);
-            if stamp(&then.rel, &path)? != *then {
+        for (f, then) in self.files.iter().zip(&self.stamps).filter(|(f, _)| f.linked) {
+            let path = self.dir.join(&f.rel);
+            if stamp(&f.rel, &path)? != *then {
                 return Err(CaptureError::WrittenAfterCommit { path });
             }
         }
@@ -156,7 +156,6 @@ pub fn snapshot(src: &Path, staging: &Path, hold: Hold) -> Result<Snapshot, Capt
     std::fs::create_dir_all(staging).map_err(io_err(staging))?;
     let mut files = Vec::with_capacity(found.len());
     let mut stamps = Vec::with_capacity(found.len());
-    let mut linked = Vec::new();
     for (rel, from) in found {
         let to = staging.join(&rel);
         if let Some(parent) = to.parent() {
@@ -166,8 +165,7 @@ pub fn snapshot(src: &Path, staging: &Path, hold: Hold) -> Result<Snapshot, Capt
             // A new link moves the inode's ctime: the stamp to hold it to is the one after.
             let now = stamp(&rel, &to)?;
             let meta = std::fs::metadata(&to).map_err(io_err(&to))?;
-            files.push(SnapFile { rel, size: meta.len(), mode: meta.permissions().mode() & 0o777 });
-            linked.push(now.clone());
+            files.push(SnapFile { rel, size: meta.len(), mode: meta.permissions().mode() & 0o777, linked: true });
             stamps.push(now);
             continue;
         }
@@ -180,10 +178,10 @@ pub fn snapshot(src: &Path, staging: &Path, hold: Hold) -> Result<Snapshot, Capt
         let meta = std::fs::metadata(&to).map_err(io_err(&to))?;
         // setuid/setgid bits never travel through a checkpoint.
         let mode = meta.permissions().mode() & 0o777;
-        files.push(SnapFile { rel, size: meta.len(), mode });
+        files.push(SnapFile { rel, size: meta.len(), mode, linked: false });
         stamps.push(before);
     }
-    Ok(Snapshot { dir: staging.to_path_buf(), files, stamps, linked, seconds: start.elapsed().as_secs_f64() })
+    Ok(Snapshot { dir: staging.to_path_buf(), files, stamps, seconds: start.elapsed().as_secs_f64() })
 }
 
 /// `a/b` -> a path under `root`, refusing anything that would leave it.

@@ -237,17 +237,36 @@ impl Supervisor {
     /// Copy the checkpoint directory as it is now and queue it for upload.
     async fn capture(&mut self, reason: Reason, req: commit::Request) -> Result<u64, String> {
         let seq = self.next_seq;
-        if let Some(same) = self.unchanged_since().await {
-            self.next_seq += 1;
-            tracing::info!("checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files");
-            let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
-            self.committed.push(seq);
-            self.outstanding.insert(seq);
-            if self.jobs.send(Job { info, source: Source::Same(same) }).is_err() {
-                return Err("the uploader has stopped".into());
+        let source = match self.unchanged_since().await {
+            Some(same) => {
+                tracing::info!("checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files");
+                Source::Same(same)
             }
-            return Ok(seq);
+            None => {
+                let snap = self.snapshot(seq, reason).await?;
+                tracing::info!(
+                    "captured checkpoint {seq} ({reason}{}): {} files, {} in {:.2} s",
+                    req.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default(),
+                    snap.files.len(),
+                    human_bytes(snap.logical_bytes()),
+                    snap.seconds
+                );
+                self.last_stamps = Some((seq, snap.stamps.clone()));
+                Source::Snapshot(snap)
+            }
+        };
+        self.next_seq += 1;
+        let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
+        self.committed.push(seq);
+        self.outstanding.insert(seq);
+        if self.jobs.send(Job { info, source }).is_err() {
+            return Err("the uploader has stopped".into());
         }
+        Ok(seq)
+    }
+
+    /// The checkpoint directory as it is now, in staging for `seq`.
+    async fn snapshot(&self, seq: u64, reason: Reason) -> Result<Snapshot, String> {
         let staging = self.state_dir.join("staging").join(seq.to_string());
         let _ = std::fs::remove_dir_all(&staging);
         let (src, dst) = (self.cfg.dir.clone(), staging.clone());
@@ -265,22 +284,7 @@ impl Supervisor {
             snap.discard();
             return Err(format!("the checkpoint directory {} is empty; nothing to commit", self.cfg.dir.display()));
         }
-        self.next_seq += 1;
-        tracing::info!(
-            "captured checkpoint {seq} ({reason}{}): {} files, {} in {:.2} s",
-            req.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default(),
-            snap.files.len(),
-            human_bytes(snap.logical_bytes()),
-            snap.seconds
-        );
-        let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
-        self.committed.push(seq);
-        self.outstanding.insert(seq);
-        self.last_stamps = Some((seq, snap.stamps.clone()));
-        if self.jobs.send(Job { info, source: Source::Snapshot(snap) }).is_err() {
-            return Err("the uploader has stopped".into());
-        }
-        Ok(seq)
+        Ok(snap)
     }
 
     fn on_upload_done(&mut self, (seq, result): Done) {
