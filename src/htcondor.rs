@@ -31,17 +31,9 @@ pub struct ReadAd {
 
 impl Ad {
     /// Parse an ad's text; lines with errors are left out (see [`Ad::read_checked`]).
-    #[allow(dead_code)] // API kept for callers with the text in hand (the tests, the simulator's)
+    #[cfg(test)]
     pub fn parse(text: &str) -> Ad {
         Ad { inner: classad::Ad::parse(text).0 }
-    }
-
-    /// Read an ad file, logging a warning for each line that cannot be parsed.
-    #[allow(dead_code)] // API kept for callers that only want the ad
-    pub fn read(path: &Path) -> std::io::Result<Ad> {
-        let r = Self::read_checked(path)?;
-        warn_bad_lines(&path.display().to_string(), &r);
-        Ok(r.ad)
     }
 
     /// Read an ad file (at most 16 MiB of it), returning the per-line errors.
@@ -62,12 +54,6 @@ impl Ad {
     /// The parsed ad, for values beyond the getters below (lists, nested ads).
     pub fn classad(&self) -> &classad::Ad {
         &self.inner
-    }
-
-    /// The value as written in the file.
-    #[allow(dead_code)] // API kept for callers that want the text
-    pub fn raw(&self, name: &str) -> Option<&str> {
-        self.inner.raw(name)
     }
 
     /// A string value (`"..."`; `\"` is the only escape HTCondor writes).
