@@ -12,12 +12,18 @@
 pub mod digest;
 pub mod director;
 pub mod discovery;
+mod error;
 pub mod propfind;
+mod retry;
 pub mod token;
 pub mod url;
 
+pub use self::error::Error;
+use self::error::{error_message, note, retry_after, root_cause};
+use self::retry::{Policy, Retry};
+
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -27,166 +33,6 @@ use self::director::{Namespace, Verb};
 use self::discovery::Federation;
 use self::token::{FindError, Found};
 use self::url::{encode_path, PelicanUrl};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{path}: not found{}", note(detail))]
-    NotFound { path: String, detail: String },
-    /// No usable token; the message says where baton looked and what to do.
-    #[error("{0}")]
-    Token(String),
-    /// 401/403, explained (expired, missing scope, ...).
-    #[error("{0}")]
-    Denied(String),
-    #[error("{what}: HTTP {status}{}", note(detail))]
-    Http { what: String, status: u16, detail: String, retry_after: Option<Duration> },
-    #[error("{what}: {detail}")]
-    Connect { what: String, detail: String },
-    /// Reset, truncated or stalled transfers.
-    #[error("{what}: {detail}")]
-    Transfer { what: String, detail: String },
-    /// The server's digest disagrees with the bytes received.
-    #[error("{what}: {detail}")]
-    Integrity { what: String, detail: String },
-    #[error("{what}: object is {size} bytes, more than the {limit} bytes baton accepts for it")]
-    TooLarge { what: String, size: u64, limit: u64 },
-    /// An answer baton cannot use.
-    #[error("{what}: {detail}")]
-    Protocol { what: String, detail: String },
-    /// What sits on the server is not what baton wrote, and origins refuse overwrites.
-    #[error("{what}: {detail}")]
-    Damaged { what: String, detail: String },
-    #[error("{last} (gave up after {tries} tries in {secs:.1} s)")]
-    GaveUp { tries: u32, secs: f64, last: Box<Error> },
-}
-
-fn note(detail: &str) -> String {
-    if detail.is_empty() {
-        String::new()
-    } else {
-        format!(": {detail}")
-    }
-}
-
-impl Error {
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Http { status, .. } => *status == 429 || (*status >= 500 && !matches!(status, 501 | 505 | 507)),
-            Error::Connect { .. } | Error::Transfer { .. } | Error::Integrity { .. } => true,
-            _ => false,
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::Http { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
-    /// The error under any "gave up after N tries".
-    pub fn last(&self) -> &Error {
-        match self {
-            Error::GaveUp { last, .. } => last.last(),
-            e => e,
-        }
-    }
-
-    pub fn from_reqwest(what: &str, e: &reqwest::Error) -> Error {
-        let detail = root_cause(e);
-        let what = what.to_string();
-        if detail.contains("certificate") {
-            // Not transient: retrying does not make a certificate trusted.
-            Error::Protocol {
-                what,
-                detail: format!("{detail}: the server's TLS certificate is not trusted; for a federation with a private CA, set SSL_CERT_FILE to its PEM bundle"),
-            }
-        } else if e.is_connect() {
-            Error::Connect { what, detail }
-        } else if e.is_timeout() {
-            Error::Transfer { what, detail: format!("no data for too long ({detail})") }
-        } else if e.is_builder() {
-            Error::Protocol { what, detail }
-        } else {
-            Error::Transfer { what, detail }
-        }
-    }
-}
-
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string().chars().take(300).collect()
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not used by Pelican).
-pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
-}
-
-/// The `msg` of a Pelican JSON error (`{"status":"error","msg":"..."}`), else the start of the body.
-pub(crate) fn error_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        if let Some(m) = v.get("msg").or_else(|| v.get("message")).or_else(|| v.get("error")).and_then(|m| m.as_str()) {
-            return m.chars().take(300).collect();
-        }
-    }
-    String::from_utf8_lossy(body).split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect()
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    pub tries: u32,
-    pub budget: Duration,
-    pub first_backoff: Duration,
-    pub max_backoff: Duration,
-    pub max_retry_after: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            tries: 5,
-            budget: Duration::from_secs(20),
-            first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(3),
-            max_retry_after: Duration::from_secs(10),
-        }
-    }
-}
-
-struct Retry {
-    start: Instant,
-    tries: u32,
-    policy: Policy,
-    what: String,
-}
-
-impl Retry {
-    fn new(policy: Policy, what: String) -> Retry {
-        Retry { start: Instant::now(), tries: 0, policy, what }
-    }
-
-    /// After a failed try: `Ok` to try again (having waited), `Err` to give up.
-    async fn again(&mut self, e: Error) -> Result<(), Error> {
-        self.tries += 1;
-        if !e.is_transient() {
-            return Err(e);
-        }
-        let elapsed = self.start.elapsed();
-        if self.tries >= self.policy.tries || elapsed >= self.policy.budget {
-            return Err(Error::GaveUp { tries: self.tries, secs: elapsed.as_secs_f64(), last: Box::new(e) });
-        }
-        let backoff = self.policy.first_backoff.saturating_mul(1 << (self.tries - 1).min(16)).min(self.policy.max_backoff);
-        let wait = e.retry_after().map(|d| d.min(self.policy.max_retry_after)).unwrap_or(backoff);
-        let wait = wait.min(self.policy.budget.saturating_sub(elapsed));
-        tracing::info!("pelican: {}: {e}; trying again in {:.1} s (try {} of {})", self.what, wait.as_secs_f64(), self.tries + 1, self.policy.tries);
-        tokio::time::sleep(wait).await;
-        Ok(())
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutResult {
@@ -935,30 +781,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transient_or_not() {
-        let http = |status| Error::Http { what: "x".into(), status, detail: String::new(), retry_after: None };
-        for s in [429, 500, 502, 503, 504] {
-            assert!(http(s).is_transient(), "{s}");
-        }
-        for s in [400, 401, 403, 404, 405, 412, 501, 507] {
-            assert!(!http(s).is_transient(), "{s}");
-        }
-        assert!(Error::Integrity { what: "x".into(), detail: "y".into() }.is_transient());
-        assert!(!Error::Token("t".into()).is_transient());
-    }
-
-    #[test]
-    fn pelican_error_bodies_and_retry_after() {
-        assert_eq!(error_message(br#"{"status":"error","msg":"No namespace found for path"}"#), "No namespace found for path");
-        assert_eq!(error_message(b"<html>\n  oops </html>"), "<html> oops </html>");
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
-        assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
     fn server_bases_survive_any_escaping() {
         assert_eq!(server_base("https://c:8443/test/a%2Bb%23c", "/test/a+b#c").as_deref(), Some("https://c:8443"));
         assert_eq!(server_base("https://c:8443/test/a+b%23c", "/test/a+b#c").as_deref(), Some("https://c:8443"));
@@ -973,28 +795,5 @@ mod tests {
     fn parents() {
         assert_eq!(parent_of("/a/b/c"), "/a/b");
         assert_eq!(parent_of("/a"), "/");
-    }
-
-    #[tokio::test]
-    async fn retries_are_bounded_and_honour_retry_after() {
-        let policy = Policy {
-            first_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(2),
-            max_retry_after: Duration::from_millis(80),
-            ..Policy::default()
-        };
-        let mut r = Retry::new(policy, "x".into());
-        let t0 = Instant::now();
-        let e = |ra| Error::Http { what: "x".into(), status: 429, detail: String::new(), retry_after: ra };
-        r.again(e(Some(Duration::from_secs(2)))).await.unwrap();
-        let waited = t0.elapsed();
-        assert!(waited >= Duration::from_millis(80) && waited < Duration::from_secs(2), "Retry-After capped: {waited:?}");
-        r.again(e(None)).await.unwrap();
-        r.again(e(None)).await.unwrap();
-        r.again(e(None)).await.unwrap();
-        let last = r.again(e(None)).await.unwrap_err();
-        assert!(last.to_string().contains("gave up after 5 tries"), "{last}");
-        let mut r = Retry::new(policy, "x".into());
-        assert!(matches!(r.again(Error::Denied("no".into())).await, Err(Error::Denied(_))));
     }
 }
