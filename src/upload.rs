@@ -64,15 +64,17 @@ struct ChunkOut {
 }
 
 async fn put_one(store: &Store, known: &KnownChunks, data: Vec<u8>, level: i32) -> anyhow::Result<ChunkOut> {
-    let data = Arc::new(data);
-    let d = data.clone();
-    let hash = tokio::task::spawn_blocking(move || chunking::sha256_hex(&d)).await?;
+    let (data, hash) = tokio::task::spawn_blocking(move || {
+        let hash = chunking::sha256_hex(&data);
+        (data, hash)
+    })
+    .await?;
     let size = data.len() as u64;
     if known.contains(&hash) || store.has_chunk(&hash).await?.is_some() {
         known.insert(hash.clone());
         return Ok(ChunkOut { hash, size, new: false, stored: 0 });
     }
-    let encoded = tokio::task::spawn_blocking(move || chunking::encode(&data, level)).await??;
+    let encoded = tokio::task::spawn_blocking(move || chunking::encode(data, level)).await??;
     let stored = encoded.len() as u64;
     let outcome = store.put_chunk(&hash, Bytes::from(encoded)).await?;
     known.insert(hash.clone());

@@ -104,11 +104,12 @@ fn a_flush_that_cannot_finish_in_time_leaves_the_previous_checkpoint_latest() {
     let s = store.path().to_str().unwrap();
     let slot = tempfile::tempdir().unwrap();
     // Commits a small epoch 1, then on SIGTERM commits 64 MB that zstd -19 cannot
-    // compress within the 4 s window.
+    // compress within the 4 s window (base64 text: compressible enough that baton does
+    // compress it, and slow to compress at that level).
     let script = r#"
         D=$BATON_CHECKPOINT_DIR
         head -c 1000 /dev/urandom > $D/a && "$BATON_BIN" commit --epoch 1 || exit 1
-        trap 'head -c 64000000 /dev/urandom > $D/big; "$BATON_BIN" commit --epoch 2; exit 143' TERM
+        trap 'head -c 48000000 /dev/urandom | base64 > $D/big; "$BATON_BIN" commit --epoch 2; exit 143' TERM
         echo ready; while :; do sleep 0.05; done"#;
     let mut child = spawn_run(slot.path(), s, "slow", &[], &["--vacate-window", "4s", "--zstd-level", "19", "--upload-concurrency", "1"], &["sh", "-c", script]);
     // Wait until epoch 1 is durable.
