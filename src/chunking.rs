@@ -78,9 +78,11 @@ pub enum ChunkError {
 }
 
 /// Turn stored bytes back into the chunk, checking size and hash. `expected` bounds the
-/// allocation, so a hostile "zip bomb" frame cannot inflate past it.
-pub fn decode(hash: &str, stored: &[u8], expected: u64) -> Result<Vec<u8>, ChunkError> {
-    let data = if stored.starts_with(&ZSTD_MAGIC) {
+/// allocation, so a hostile "zip bomb" frame cannot inflate past it. A raw chunk is
+/// handed back without a copy when the caller owns its bytes (`Bytes` from a store read).
+pub fn decode<S: AsRef<[u8]> + Into<Vec<u8>>>(hash: &str, stored: S, expected: u64) -> Result<Vec<u8>, ChunkError> {
+    let data = if stored.as_ref().starts_with(&ZSTD_MAGIC) {
+        let stored = stored.as_ref();
         // One call into a buffer of exactly the expected size: twice as fast as the
         // streaming decoder, and a frame that would inflate past it (a "zip bomb", or a
         // chunk of the wrong size) fails instead of allocating.
@@ -93,7 +95,7 @@ pub fn decode(hash: &str, stored: &[u8], expected: u64) -> Result<Vec<u8>, Chunk
         }
         out
     } else {
-        stored.to_vec()
+        stored.into()
     };
     if data.len() as u64 != expected {
         return Err(ChunkError::Size { hash: hash.into(), expected, found: data.len() as u64 });
@@ -114,7 +116,7 @@ mod tests {
         let data = vec![7u8; 100_000];
         let stored = encode(data.clone(), 1).unwrap();
         assert!(stored.len() < data.len() / 10);
-        assert_eq!(decode(&sha256_hex(&data), &stored, data.len() as u64).unwrap(), data);
+        assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
     #[test]
@@ -130,7 +132,7 @@ mod tests {
             .collect();
         let stored = encode(data.clone(), 1).unwrap();
         assert_eq!(stored, data);
-        assert_eq!(decode(&sha256_hex(&data), &stored, data.len() as u64).unwrap(), data);
+        assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
     /// Like trained weights: a slow wave plus small noise, as float32.
@@ -155,7 +157,7 @@ mod tests {
         assert!(whole > data.len() * 7 / 8, "not enough saving to pay: {whole} of {}", data.len());
         let stored = encode(data.clone(), 1).unwrap();
         assert_eq!(stored, data);
-        assert_eq!(decode(&sha256_hex(&data), &stored, data.len() as u64).unwrap(), data);
+        assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
     #[test]
@@ -168,7 +170,7 @@ mod tests {
         }
         let stored = encode(data.clone(), 1).unwrap();
         assert!(stored.len() < data.len() / 4, "{} of {}", stored.len(), data.len());
-        assert_eq!(decode(&sha256_hex(&data), &stored, data.len() as u64).unwrap(), data);
+        assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
     #[test]
@@ -176,7 +178,7 @@ mod tests {
         let mut data = ZSTD_MAGIC.to_vec();
         data.extend((0..1000u32).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8));
         let stored = encode(data.clone(), 1).unwrap();
-        assert_eq!(decode(&sha256_hex(&data), &stored, data.len() as u64).unwrap(), data);
+        assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
     #[test]
@@ -184,14 +186,14 @@ mod tests {
         let data = vec![1u8; 10_000];
         let hash = sha256_hex(&data);
         let mut stored = encode(data.clone(), 1).unwrap();
-        assert!(matches!(decode(&hash, &stored, 5_000), Err(ChunkError::Size { .. })));
+        assert!(matches!(decode(&hash, stored.clone(), 5_000), Err(ChunkError::Size { .. })));
         let last = stored.len() - 1;
         stored[last] ^= 0xff;
-        assert!(decode(&hash, &stored, 10_000).is_err());
+        assert!(decode(&hash, stored.clone(), 10_000).is_err());
         let raw = encode(data.clone(), 0).unwrap();
         let mut flipped = raw.clone();
         flipped[10] ^= 1;
-        assert!(matches!(decode(&hash, &flipped, 10_000), Err(ChunkError::Hash { .. })));
+        assert!(matches!(decode(&hash, flipped.clone(), 10_000), Err(ChunkError::Hash { .. })));
     }
 
     #[test]

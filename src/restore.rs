@@ -58,7 +58,7 @@ fn stored_limit(size: u64) -> u64 {
 
 async fn fetch_chunk(store: &Store, hash: String, size: u64) -> anyhow::Result<Vec<u8>> {
     let stored = store.get_chunk(&hash, stored_limit(size)).await?;
-    Ok(tokio::task::spawn_blocking(move || chunking::decode(&hash, &stored, size)).await??)
+    Ok(tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size)).await??)
 }
 
 async fn write_file(

@@ -35,7 +35,7 @@ async fn fetch(store: &Store, hash: String, size: u64) -> Result<Vec<u8>, Result
         Err(e) if crate::restore::is_transport(&e) => return Err(Err(e)),
         Err(e) => return Err(Ok(e.to_string())),
     };
-    tokio::task::spawn_blocking(move || chunking::decode(&hash, &stored, size))
+    tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size))
         .await
         .map_err(|e| Ok(e.to_string()))?
         .map_err(|e| Ok(e.to_string()))

@@ -52,6 +52,21 @@ fn seeded_soft_and_hard_evictions_over_three_slot_types_verify_pass() {
         .collect();
     assert!(logs.contains("prev_device="), "{logs}");
     assert!(logs.contains("from machine ad MachineMaxVacateTime"), "the window comes from the slot's ad: {logs}");
+    // Slots the job left are emptied like a starter's scratch directory, logs and ads kept;
+    // the slot it completed on keeps its checkpoint.
+    let mut slots: Vec<_> = std::fs::read_dir(work.path().join("sim"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("slot-"))
+        .collect();
+    slots.sort();
+    let last = slots.pop().unwrap();
+    assert!(last.join("checkpoint").is_dir(), "{}", last.display());
+    for slot in &slots {
+        let left: std::collections::BTreeSet<_> = std::fs::read_dir(slot).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let kept: std::collections::BTreeSet<_> = ["baton.log", "stdout.log", ".job.ad", ".machine.ad"].map(String::from).into();
+        assert_eq!(left, kept, "{}", slot.display());
+    }
 
     // The picture: valid XML with one band per attempt, and a real renderer draws it.
     let check = Command::new("python3")

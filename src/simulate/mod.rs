@@ -132,6 +132,24 @@ fn spawn_baton(opts: &Options, store_url: &str, extra: &[String], env: &[(String
     Ok(cmd.spawn()?)
 }
 
+/// What an evicted attempt's slot keeps: the logs and ads, for the report and for people.
+const SLOT_KEEPS: [&str; 4] = ["baton.log", "stdout.log", ".job.ad", ".machine.ad"];
+
+/// Empty a slot the job has left, as HTCondor's starter deletes the scratch directory
+/// of a job that leaves a slot. Besides keeping the disk from filling with stale
+/// checkpoints, this spares the disk writing back (for nobody) the trainer's last save,
+/// which would otherwise compete with the next attempt's restore and flushes.
+fn clear_slot(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if SLOT_KEEPS.iter().any(|k| e.file_name() == *k) {
+            continue;
+        }
+        let path = e.path();
+        let _ = if e.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+}
+
 fn digest_line(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()?.lines().rev().find(|l| l.to_ascii_lowercase().contains("digest")).map(|l| l.trim().to_string())
 }
@@ -219,6 +237,8 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
     let mut last_stdout = PathBuf::new();
     let mut evictions = 0;
     let mut last_seen_attempt = 0;
+    // Slots being emptied in the background, so the next attempt starts at once.
+    let mut clearing = Vec::new();
     for n in 1..=opts.max_attempts {
         let slot = &opts.slots[rng.below(opts.slots.len())];
         let dir = opts.work_dir.join(format!("slot-{n:03}-{}", slot.name));
@@ -291,7 +311,11 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         last_stdout = dir.join("stdout.log");
         observed.push(Observed { attempt: 0, slot: slot.name.to_string(), spawned_at, eviction, gone_at: attempt::now() });
         match (eviction, status.code()) {
-            (Some(_), _) => continue,
+            (Some(_), _) => {
+                let dir = dir.clone();
+                clearing.push(std::thread::spawn(move || clear_slot(&dir)));
+                continue;
+            }
             (None, Some(0)) => {
                 completed = true;
                 break;
@@ -303,6 +327,9 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         }
     }
     progress.finish();
+    for c in clearing {
+        let _ = c.join();
+    }
     if !completed && failure.is_none() {
         failure = Some(format!(
             "gave up after {last_seen_attempt} attempts: evictions come faster than the command makes progress (raise --mean-interval or --max-attempts)"
