@@ -83,7 +83,8 @@ impl Source {
 type Done = (u64, Result<Manifest, (String, bool)>);
 
 /// The background uploader: one checkpoint at a time, oldest first. Once `newest_only`
-/// is set (eviction), queued checkpoints that a newer one supersedes are dropped.
+/// is set (eviction), checkpoints that a newer one supersedes are dropped, whether
+/// queued or being uploaded.
 fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, known: KnownChunks, newest_only: Arc<AtomicBool>)
     -> (mpsc::UnboundedSender<Job>, mpsc::UnboundedReceiver<Done>) {
     let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
@@ -118,12 +119,40 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
                 }
             }
             let job = queue.pop_front().expect("not empty");
-            let result = match &job.source {
-                Source::Snapshot(snap) => upload::upload(&store, &attempt, &job.info, snap, &settings, &known).await,
-                Source::Same(seq) => match &last_ok {
-                    Some(m) if m.seq == *seq => upload::repeat(&store, &attempt, &job.info, m).await,
-                    _ => Err(anyhow::anyhow!("it repeats checkpoint {seq}, which did not become durable")),
-                },
+            // During an eviction a newer commit also supersedes the upload in flight: only
+            // the newest checkpoint has to beat the hard kill, and the window may not hold
+            // two uploads. (Not when the newer commit repeats this one's files.)
+            let result = {
+                let upload = async {
+                    match &job.source {
+                        Source::Snapshot(snap) => upload::upload(&store, &attempt, &job.info, snap, &settings, &known).await,
+                        Source::Same(seq) => match &last_ok {
+                            Some(m) if m.seq == *seq => upload::repeat(&store, &attempt, &job.info, m).await,
+                            _ => Err(anyhow::anyhow!("it repeats checkpoint {seq}, which did not become durable")),
+                        },
+                    }
+                };
+                tokio::pin!(upload);
+                loop {
+                    tokio::select! {
+                        r = &mut upload => break Some(r),
+                        Some(j) = job_rx.recv() => {
+                            let needs_this = matches!(j.source, Source::Same(seq) if seq == job.info.seq);
+                            queue.push_back(j);
+                            if newest_only.load(Ordering::SeqCst) && !needs_this {
+                                break None;
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(result) = result else {
+                // The manifest is an upload's last write, so a dropped one leaves only
+                // chunks, which a later upload reuses or `prune` collects.
+                tracing::warn!("eviction: cancelling the upload of checkpoint {} (superseded by a newer commit)", job.info.seq);
+                job.source.discard();
+                let _ = done_tx.send((job.info.seq, Err(("superseded during eviction".into(), false))));
+                continue;
             };
             if let (Ok(m), Source::Snapshot(_)) = (&result, &job.source) {
                 last_ok = Some(m.clone());

@@ -132,6 +132,43 @@ fn a_flush_that_cannot_finish_in_time_leaves_the_previous_checkpoint_latest() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
+/// An upload still running when the eviction comes is dropped once the trainer commits
+/// a newer checkpoint: only the newest has to be durable before the hard kill.
+#[test]
+fn an_upload_in_flight_is_dropped_for_a_newer_eviction_commit() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    // Epoch 1 is small; epoch 2 is 64 MB that zstd -19 takes many seconds over; on
+    // SIGTERM the trainer replaces it with a small epoch 3.
+    let script = r#"
+        D=$BATON_CHECKPOINT_DIR
+        head -c 1000 /dev/urandom > $D/a && "$BATON_BIN" commit --epoch 1 || exit 1
+        trap 'rm -f $D/big; head -c 1000 /dev/urandom > $D/a; "$BATON_BIN" commit --epoch 3; exit 143' TERM
+        sleep 1; head -c 48000000 /dev/urandom | base64 > $D/big && "$BATON_BIN" commit --epoch 2 || exit 1
+        touch epoch2-committed
+        while :; do sleep 0.05; done"#;
+    let mut child = spawn_run(slot.path(), s, "cancel", &[], &["--vacate-window", "60s", "--zstd-level", "19", "--upload-concurrency", "1"], &["sh", "-c", script]);
+    let start = std::time::Instant::now();
+    while !slot.path().join("epoch2-committed").exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "epoch 2 was never committed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let checkpoints = store.path().join("runs/cancel/checkpoints");
+    assert!(!checkpoints.join("0000000002.json").exists(), "epoch 2 uploaded too fast for this test");
+    send_signal(child.id(), libc::SIGTERM);
+    wait_with_timeout(&mut child, std::time::Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("cancelling the upload of checkpoint 2"), "{err}");
+    let mut seqs: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, ["0000000001.json", "0000000003.json"], "{err}");
+    let out = baton().args(["verify", "--store", s, "cancel"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
 /// During an eviction baton holds the committed files by hard link instead of copying
 /// them (the trainer is about to exit). A trainer that writes them again anyway must not
 /// get a checkpoint of mixed bytes: the upload notices and does not commit it.
