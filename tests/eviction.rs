@@ -98,6 +98,18 @@ fn socket_commits_work_without_the_baton_binary() {
     assert_eq!(digest, reference_digest(TRAINER_ARGS), "{logs}");
 }
 
+/// Uploads that take seconds for tens of MB of compressible data: zstd at its slowest,
+/// one chunk at a time.
+const SLOW_UPLOAD: &[&str] = &["--zstd-level", "19", "--upload-concurrency", "1"];
+
+fn wait_for_file(path: &std::path::Path, what: &str) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_flush_that_cannot_finish_in_time_leaves_the_previous_checkpoint_latest() {
     let store = tempfile::tempdir().unwrap();
@@ -111,13 +123,8 @@ fn a_flush_that_cannot_finish_in_time_leaves_the_previous_checkpoint_latest() {
         head -c 1000 /dev/urandom > $D/a && "$BATON_BIN" commit --epoch 1 || exit 1
         trap 'head -c 48000000 /dev/urandom | base64 > $D/big; "$BATON_BIN" commit --epoch 2; exit 143' TERM
         echo ready; while :; do sleep 0.05; done"#;
-    let mut child = spawn_run(slot.path(), s, "slow", &[], &["--vacate-window", "4s", "--zstd-level", "19", "--upload-concurrency", "1"], &["sh", "-c", script]);
-    // Wait until epoch 1 is durable.
-    let start = std::time::Instant::now();
-    while !store.path().join("runs/slow/checkpoints/0000000001.json").exists() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20), "epoch 1 never became durable");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut child = spawn_run(slot.path(), s, "slow", &[], &[&["--vacate-window", "4s"], SLOW_UPLOAD].concat(), &["sh", "-c", script]);
+    wait_for_file(&store.path().join("runs/slow/checkpoints/0000000001.json"), "epoch 1 never became durable");
     let t0 = std::time::Instant::now();
     send_signal(child.id(), libc::SIGTERM);
     wait_with_timeout(&mut child, std::time::Duration::from_secs(30));
@@ -148,12 +155,8 @@ fn an_upload_in_flight_is_dropped_for_a_newer_eviction_commit() {
         sleep 1; head -c 48000000 /dev/urandom | base64 > $D/big && "$BATON_BIN" commit --epoch 2 || exit 1
         touch epoch2-committed
         while :; do sleep 0.05; done"#;
-    let mut child = spawn_run(slot.path(), s, "cancel", &[], &["--vacate-window", "60s", "--zstd-level", "19", "--upload-concurrency", "1"], &["sh", "-c", script]);
-    let start = std::time::Instant::now();
-    while !slot.path().join("epoch2-committed").exists() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "epoch 2 was never committed");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut child = spawn_run(slot.path(), s, "cancel", &[], &[&["--vacate-window", "60s"], SLOW_UPLOAD].concat(), &["sh", "-c", script]);
+    wait_for_file(&slot.path().join("epoch2-committed"), "epoch 2 was never committed");
     let checkpoints = store.path().join("runs/cancel/checkpoints");
     assert!(!checkpoints.join("0000000002.json").exists(), "epoch 2 uploaded too fast for this test");
     send_signal(child.id(), libc::SIGTERM);
