@@ -5,7 +5,7 @@
 # docs/benchmarks.md (run after bench/run.sh, which rewrites that file).
 #
 # Knobs: GOODPUT_EPOCHS (15), GOODPUT_EPOCH_SECONDS (20), GOODPUT_MB (1024),
-#        GOODPUT_MEAN (2m), GOODPUT_SEED (1), GOODPUT_REPS (3), BATON (target/release/baton)
+#        GOODPUT_MEAN (2m), GOODPUT_SEED (1), GOODPUT_REPS (5), BATON (target/release/baton)
 # Each repetition replays the same seeded schedule; the table is the median run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ EPOCH_S=${GOODPUT_EPOCH_SECONDS:-20}
 MB=${GOODPUT_MB:-1024}
 MEAN=${GOODPUT_MEAN:-2m}
 SEED=${GOODPUT_SEED:-1}
-REPS=${GOODPUT_REPS:-3}
+REPS=${GOODPUT_REPS:-5}
 OUT=bench-out/goodput
 PY=.venv/bin/python
 DOC=${BENCH_DOC:-docs/benchmarks.md}
