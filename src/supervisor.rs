@@ -107,7 +107,6 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
             if newest_only.load(Ordering::SeqCst) {
                 while queue.len() > 1 {
                     let old: Job = queue.pop_front().expect("len > 1");
-                    tracing::warn!("eviction: skipping the upload of checkpoint {} (superseded by a newer commit)", old.info.seq);
                     // A newer commit that repeats this one takes over its files.
                     let newest = queue.back_mut().expect("len > 1");
                     if matches!(newest.source, Source::Same(seq) if seq == old.info.seq) {
@@ -115,7 +114,7 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
                     } else {
                         old.source.discard();
                     }
-                    let _ = done_tx.send((old.info.seq, Err(("superseded during eviction".into(), false))));
+                    superseded(&done_tx, old.info.seq, "skipping");
                 }
             }
             let job = queue.pop_front().expect("not empty");
@@ -149,9 +148,8 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
             let Some(result) = result else {
                 // The manifest is an upload's last write, so a dropped one leaves only
                 // chunks, which a later upload reuses or `prune` collects.
-                tracing::warn!("eviction: cancelling the upload of checkpoint {} (superseded by a newer commit)", job.info.seq);
                 job.source.discard();
-                let _ = done_tx.send((job.info.seq, Err(("superseded during eviction".into(), false))));
+                superseded(&done_tx, job.info.seq, "cancelling");
                 continue;
             };
             if let (Ok(m), Source::Snapshot(_)) = (&result, &job.source) {
@@ -166,6 +164,14 @@ fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, kn
         }
     });
     (job_tx, done_rx)
+}
+
+/// How an upload dropped for a newer commit is reported: not a failure.
+const SUPERSEDED: &str = "superseded during eviction";
+
+fn superseded(done_tx: &mpsc::UnboundedSender<Done>, seq: u64, action: &str) {
+    tracing::warn!("eviction: {action} the upload of checkpoint {seq} (superseded by a newer commit)");
+    let _ = done_tx.send((seq, Err((SUPERSEDED.into(), false))));
 }
 
 fn human_bytes(n: u64) -> String {
@@ -335,7 +341,7 @@ impl Supervisor {
                     c.report(chirp::progress_attrs(m.seq, m.epoch, m.step, m.created));
                 }
             }
-            Err((e, _)) if e.starts_with("superseded") => {}
+            Err((e, _)) if e == SUPERSEDED => {}
             Err((e, true)) => {
                 tracing::error!("CHECKPOINT {seq} BELONGS TO ANOTHER WRITER: {e}");
                 self.conflict = Some(e);

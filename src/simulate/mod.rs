@@ -312,7 +312,6 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         observed.push(Observed { attempt: 0, slot: slot.name.to_string(), spawned_at, eviction, gone_at: attempt::now() });
         match (eviction, status.code()) {
             (Some(_), _) => {
-                let dir = dir.clone();
                 clearing.push(std::thread::spawn(move || clear_slot(&dir)));
                 continue;
             }
