@@ -52,7 +52,11 @@ impl Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}: changed while baton was copying it; the trainer must not write checkpoint files until `baton commit` returns")]
     Changed { path: PathBuf },
     #[error("{path}: written again after the command's last commit, while baton was uploading it; during an eviction (and after exit) the trainer must leave committed files alone")]
@@ -73,10 +77,7 @@ fn link_target_inside(root: &Path, link: &Path) -> Option<PathBuf> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), CaptureError> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .collect::<Result<_, _>>()
-        .map_err(io_err(dir))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(io_err(dir))?.collect::<Result<_, _>>().map_err(io_err(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
@@ -93,7 +94,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(),
         } else if ft.is_symlink() {
             match link_target_inside(root, &path) {
                 Some(target) => out.push((rel_str.to_string(), target)),
-                None => tracing::warn!(path = %path.display(), "skipping a symlink that does not point at a file inside the checkpoint directory"),
+                None => {
+                    tracing::warn!(path = %path.display(), "skipping a symlink that does not point at a file inside the checkpoint directory")
+                }
             }
         }
     }

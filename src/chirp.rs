@@ -76,7 +76,11 @@ fn classad_real(x: f64) -> String {
     if x.is_nan() {
         "real(\"NaN\")".into()
     } else if x.is_infinite() {
-        if x > 0.0 { "real(\"INF\")".into() } else { "-real(\"INF\")".into() }
+        if x > 0.0 {
+            "real(\"INF\")".into()
+        } else {
+            "-real(\"INF\")".into()
+        }
     } else {
         format!("{x:?}")
     }
@@ -212,9 +216,7 @@ impl Config {
     fn read(path: &Path) -> Result<Config, String> {
         // The real file is one short line; a bound keeps a wrong path from being slurped.
         let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(4096).read_to_string(&mut text))
-            .map_err(|e| format!("cannot read it: {e}"))?;
+        std::fs::File::open(path).and_then(|f| f.take(4096).read_to_string(&mut text)).map_err(|e| format!("cannot read it: {e}"))?;
         Config::parse(&text)
     }
 
@@ -224,10 +226,7 @@ impl Config {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, self.port)]);
         }
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map(|a| a.collect())
-            .map_err(|e| format!("cannot resolve {}: {e}", self.host))
+        (self.host.as_str(), self.port).to_socket_addrs().map(|a| a.collect()).map_err(|e| format!("cannot resolve {}: {e}", self.host))
     }
 
     fn endpoint(&self) -> String {
@@ -752,7 +751,10 @@ mod tests {
                 (ATTR_TIME, ChirpValue::Int(1_700_000_000)),
             ])
         );
-        assert_eq!(progress_attrs(u64::MAX, None, None, 0.0), attrs(&[(ATTR_SEQ, ChirpValue::Int(i64::MAX)), (ATTR_TIME, ChirpValue::Int(0))]));
+        assert_eq!(
+            progress_attrs(u64::MAX, None, None, 0.0),
+            attrs(&[(ATTR_SEQ, ChirpValue::Int(i64::MAX)), (ATTR_TIME, ChirpValue::Int(0))])
+        );
         assert_eq!(flush_attrs(2.5), attrs(&[(ATTR_FLUSH_SECONDS, ChirpValue::Real(2.5))]));
         assert_eq!(device_attrs("NVIDIA H100"), attrs(&[(ATTR_DEVICE, s("NVIDIA H100"))]));
     }
@@ -787,11 +789,8 @@ mod tests {
         }
         let buf = Buf::default();
         let w = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || w.clone())
-            .finish();
+        let subscriber =
+            tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_ansi(false).with_writer(move || w.clone()).finish();
         let shared = Shared::new(Config::parse("127.0.0.1 1 c").unwrap());
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..5 {
@@ -980,7 +979,10 @@ mod tests {
         match ok {
             Ok(o) if o.status.success() => Some(p),
             _ => {
-                eprintln!("NOTE: skipping the comparison with htcondor2.htchirp: {} cannot import it (install requirements-test.txt into .venv)", p.display());
+                eprintln!(
+                    "NOTE: skipping the comparison with htcondor2.htchirp: {} cannot import it (install requirements-test.txt into .venv)",
+                    p.display()
+                );
                 None
             }
         }
@@ -1024,7 +1026,9 @@ with chirp:
             .map(|(name, v)| match v {
                 ChirpValue::Int(i) => serde_json::json!({"name": name, "kind": "int", "value": i}),
                 ChirpValue::Str(s) => serde_json::json!({"name": name, "kind": "str", "value": s}),
-                ChirpValue::Real(x) => serde_json::json!({"name": name, "kind": "real", "value": format!("{x:?}"), "literal": classad_real(*x)}),
+                ChirpValue::Real(x) => {
+                    serde_json::json!({"name": name, "kind": "real", "value": format!("{x:?}"), "literal": classad_real(*x)})
+                }
             })
             .collect();
         let proxy = FakeProxy::start(&[]);
@@ -1037,7 +1041,12 @@ with chirp:
         for ((name, value), set) in cases.iter().zip(&sets) {
             assert_eq!(set["reply"], 0, "{set}");
             let baton = encode_set_delayed(name, value);
-            assert_eq!(set["raw"].as_str(), Some(baton.trim_end_matches('\n')), "{name}: htchirp sent {}, baton sends {baton:?}", set["raw"]);
+            assert_eq!(
+                set["raw"].as_str(),
+                Some(baton.trim_end_matches('\n')),
+                "{name}: htchirp sent {}, baton sends {baton:?}",
+                set["raw"]
+            );
         }
     }
 }

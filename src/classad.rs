@@ -25,7 +25,6 @@
 //! [`LineError`] for its line, the rest of the file still parses, and size and
 //! nesting limits keep time and memory bounded.
 
-
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -181,7 +180,11 @@ impl Ad {
             // Tolerate CRLF files; HTCondor itself never writes them.
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.len() > MAX_LINE_BYTES {
-                errors.push(LineError { line: number, name: None, kind: ErrorKind::LineTooLong { len: line.len(), limit: MAX_LINE_BYTES } });
+                errors.push(LineError {
+                    line: number,
+                    name: None,
+                    kind: ErrorKind::LineTooLong { len: line.len(), limit: MAX_LINE_BYTES },
+                });
                 continue;
             }
             let Ok(line) = std::str::from_utf8(line) else {
@@ -297,8 +300,8 @@ enum Tok<'a> {
 type LexResult<T> = Result<T, ErrorKind>;
 
 const PUNCT: &[&str] = &[
-    "=?=", "=!=", ">>>", "==", "!=", "<=", ">=", "&&", "||", "<<", ">>", "(", ")", "[", "]", "{", "}", ",", ";", "=", "+", "-", "*", "/", "%",
-    "<", ">", "!", "~", "^", "&", "|", "?", ":", ".",
+    "=?=", "=!=", ">>>", "==", "!=", "<=", ">=", "&&", "||", "<<", ">>", "(", ")", "[", "]", "{", "}", ",", ";", "=", "+", "-", "*", "/",
+    "%", "<", ">", "!", "~", "^", "&", "|", "?", ":", ".",
 ];
 
 /// A lexer over one line. Positions are byte offsets into the line; columns in errors
@@ -963,7 +966,10 @@ mod tests {
         assert_eq!(one("error"), Value::Error);
         assert_eq!(one("\"Tesla T4\""), Value::String("Tesla T4".into()));
         assert_eq!(one("\"\""), Value::String(String::new()));
-        assert_eq!(one("{ 1, \"x\", { 2, 3 } }"), Value::List(vec![Value::Int(1), Value::String("x".into()), Value::List(vec![Value::Int(2), Value::Int(3)])]));
+        assert_eq!(
+            one("{ 1, \"x\", { 2, 3 } }"),
+            Value::List(vec![Value::Int(1), Value::String("x".into()), Value::List(vec![Value::Int(2), Value::Int(3)])])
+        );
         assert_eq!(one("{}"), Value::List(vec![]));
         let Value::Ad(n) = one("[ a = 1; b = \"x\"; c = [ d = { -2.5 } ] ]") else { panic!() };
         assert_eq!(n.int("A"), Some(1));
@@ -1018,7 +1024,17 @@ mod tests {
         assert_eq!(one("undefined * error"), Value::Error);
         assert_eq!(one("NoSuchAttr * 2"), Value::Undefined);
         // Beyond the evaluator: kept as written, typed getters say None.
-        for e in ["KeyboardIdle > 15 * 60", "1.0 / 0", "true + 1", "\"a\" + 1", "MY.x", "strcat(\"a\")", "x[0] + 1", "a is undefined", "{ 1 }[0]"] {
+        for e in [
+            "KeyboardIdle > 15 * 60",
+            "1.0 / 0",
+            "true + 1",
+            "\"a\" + 1",
+            "MY.x",
+            "strcat(\"a\")",
+            "x[0] + 1",
+            "a is undefined",
+            "{ 1 }[0]",
+        ] {
             assert_eq!(one(e), Value::Expr(e.into()), "{e}");
         }
         let ad = ok("Minutes = 10\nWindow = Minutes * 60\nA = B\nB = A\nL = { Minutes, 1 + 1 }\nN = [ x = Minutes; y = 2 ]\n");

@@ -42,7 +42,11 @@ pub async fn serve(listener: tokio::net::UnixListener, tx: tokio::sync::mpsc::Se
             let reply = match BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST)).read_line(&mut line).await {
                 Err(e) => Reply { ok: false, seq: None, error: Some(format!("cannot read the request: {e}")) },
                 Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
-                    Err(e) => Reply { ok: false, seq: None, error: Some(format!("not a commit request ({e}); send one JSON line like {{\"epoch\": 3}}")) },
+                    Err(e) => Reply {
+                        ok: false,
+                        seq: None,
+                        error: Some(format!("not a commit request ({e}); send one JSON line like {{\"epoch\": 3}}")),
+                    },
                     Ok(req) => {
                         let (rtx, rrx) = tokio::sync::oneshot::channel();
                         if tx.send((req, rtx)).await.is_err() {
@@ -71,6 +75,5 @@ pub async fn send(socket: &str, req: &Request) -> anyhow::Result<Reply> {
     write.write_all(&line).await?;
     let mut reply = String::new();
     BufReader::new(read).read_line(&mut reply).await?;
-    Ok(serde_json::from_str(reply.trim())
-        .map_err(|e| anyhow::anyhow!("the supervisor sent an unreadable reply ({e}): {reply:?}"))?)
+    Ok(serde_json::from_str(reply.trim()).map_err(|e| anyhow::anyhow!("the supervisor sent an unreadable reply ({e}): {reply:?}"))?)
 }

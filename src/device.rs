@@ -170,8 +170,10 @@ fn from_machine_ad(m: &Ad) -> Option<DeviceInfo> {
 /// (`"GPU-fd425f30,GPU-..."`, ad `GPUs_GPU_fd425f30`), else the references in
 /// `AvailableGPUs` (`{ GPUs_GPU_fd425f30 }`).
 fn per_gpu_ads(m: &Ad) -> Vec<Gpu> {
-    let assigned: Vec<String> =
-        m.string("AssignedGPUs").map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
+    let assigned: Vec<String> = m
+        .string("AssignedGPUs")
+        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
     let ads: Vec<Ad> = if !assigned.is_empty() {
         assigned.iter().filter_map(|id| gpu_ad_by_id(m, id)).collect()
     } else {
@@ -255,7 +257,12 @@ fn fields(line: &str) -> Vec<&str> {
 fn smi_row(f: &[&str]) -> Option<Gpu> {
     let name = f.first().filter(|n| !n.is_empty() && !n.starts_with('['))?;
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some(Gpu { name: Some(name.to_string()), memory_mb: num(1).and_then(megabytes), capability: num(2).filter(|c| c.is_finite()), driver_version: None })
+    Some(Gpu {
+        name: Some(name.to_string()),
+        memory_mb: num(1).and_then(megabytes),
+        capability: num(2).filter(|c| c.is_finite()),
+        driver_version: None,
+    })
 }
 
 /// A hung driver must not hang the job's start.
@@ -379,7 +386,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls, [["--query-gpu=name,memory.total,compute_cap,driver_version", "--format=csv,noheader,nounits", "-i", "0,1"]]);
-        assert_eq!((d.to_string().as_str(), d.memory_mb, d.capability, d.driver_version), ("2x NVIDIA H100 80GB HBM3", Some(81559), Some(9.0), None));
+        assert_eq!(
+            (d.to_string().as_str(), d.memory_mb, d.capability, d.driver_version),
+            ("2x NVIDIA H100 80GB HBM3", Some(81559), Some(9.0), None)
+        );
         // Short UUIDs that -i refuses: every GPU is listed and matched by UUID prefix.
         let d = from_nvidia_smi("GPU-fd425f30", &mut |args| match args.len() {
             4 => None,

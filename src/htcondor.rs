@@ -237,7 +237,11 @@ mod tests {
     fn a_damaged_file_still_gives_its_good_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(".machine.ad");
-        std::fs::write(&p, b"GPUs = 1\n\xff\xfe junk\nGPUs_DeviceName = \"Tesla T4\nGPUs_DeviceName = \"NVIDIA L40\"\nMachineMaxVacateTime = 10 * 60\n").unwrap();
+        std::fs::write(
+            &p,
+            b"GPUs = 1\n\xff\xfe junk\nGPUs_DeviceName = \"Tesla T4\nGPUs_DeviceName = \"NVIDIA L40\"\nMachineMaxVacateTime = 10 * 60\n",
+        )
+        .unwrap();
         let r = Ad::read_checked(&p).unwrap();
         assert_eq!(r.ad.string("GPUs_DeviceName").as_deref(), Some("NVIDIA L40"));
         assert_eq!(r.ad.int("MachineMaxVacateTime"), Some(600));

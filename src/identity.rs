@@ -43,10 +43,8 @@ impl fmt::Display for RunId {
 /// that is the same for every start of the job. The trailing submit time is kept: it
 /// tells apart two clusters with the same number after a schedd's queue is reset.
 pub fn from_global_job_id(gjid: &str) -> Option<RunId> {
-    let cleaned: String = gjid
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '#') { c } else { '_' })
-        .collect();
+    let cleaned: String =
+        gjid.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '#') { c } else { '_' }).collect();
     RunId::parse(&cleaned.replace("..", "_")).ok()
 }
 

@@ -168,12 +168,7 @@ impl Manifest {
             return Err(ManifestError::Format(m.format));
         }
         if m.run_id != run || m.seq != seq {
-            return Err(ManifestError::Misplaced {
-                expected: run.into(),
-                expected_seq: seq,
-                found: m.run_id.clone(),
-                found_seq: m.seq,
-            });
+            return Err(ManifestError::Misplaced { expected: run.into(), expected_seq: seq, found: m.run_id.clone(), found_seq: m.seq });
         }
         m.validate()?;
         Ok(m)
@@ -195,12 +190,17 @@ impl Manifest {
             let mut total: u64 = 0;
             for c in &f.chunks {
                 if !is_hex_hash(&c.hash) {
-                    return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("chunk hash {:?} is not 64 hex digits", c.hash) });
+                    return Err(ManifestError::BadEntry {
+                        path: f.path.clone(),
+                        why: format!("chunk hash {:?} is not 64 hex digits", c.hash),
+                    });
                 }
                 if c.size == 0 || c.size > MAX_CHUNK as u64 {
                     return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("chunk size {} is out of range", c.size) });
                 }
-                total = total.checked_add(c.size).ok_or_else(|| ManifestError::BadEntry { path: f.path.clone(), why: "sizes overflow".into() })?;
+                total = total
+                    .checked_add(c.size)
+                    .ok_or_else(|| ManifestError::BadEntry { path: f.path.clone(), why: "sizes overflow".into() })?;
             }
             if total != f.size {
                 return Err(ManifestError::BadEntry {

@@ -20,13 +20,22 @@ use crate::upload::KnownChunks;
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("checkpoint {seq} of run {run}: {source}")]
-    Manifest { run: String, seq: u64, #[source] source: anyhow::Error },
+    Manifest {
+        run: String,
+        seq: u64,
+        #[source]
+        source: anyhow::Error,
+    },
     #[error("checkpoint {seq}, file {path}: {detail}")]
     File { seq: u64, path: String, detail: String },
     /// The store failed to answer (as opposed to answering with damaged data): not a
     /// reason to fall back to an older checkpoint.
     #[error("checkpoint {seq}: {source}")]
-    Unavailable { seq: u64, #[source] source: StoreError },
+    Unavailable {
+        seq: u64,
+        #[source]
+        source: StoreError,
+    },
 }
 
 /// Errors that say nothing about the checkpoint itself, only about reaching the store.
@@ -99,9 +108,8 @@ async fn write_file(
         }
         Ok((written, hex::encode(hasher.finalize()), out))
     });
-    let mut fetches = futures::stream::iter(f.chunks.iter().cloned())
-        .map(|c| fetch_chunk(store, c.hash, c.size))
-        .buffered(concurrency.max(1));
+    let mut fetches =
+        futures::stream::iter(f.chunks.iter().cloned()).map(|c| fetch_chunk(store, c.hash, c.size)).buffered(concurrency.max(1));
     let mut i = 0;
     let mut fetched = Ok(());
     while let Some(chunk) = fetches.next().await {
@@ -153,13 +161,7 @@ pub struct Restored {
 
 /// Restore the newest checkpoint of `run` that is whole into `work/restore-<seq>`.
 /// Damaged checkpoints are skipped with a loud warning, never half-used.
-pub async fn restore_latest(
-    store: &Store,
-    run: &RunId,
-    work: &Path,
-    concurrency: usize,
-    known: &KnownChunks,
-) -> anyhow::Result<Restored> {
+pub async fn restore_latest(store: &Store, run: &RunId, work: &Path, concurrency: usize, known: &KnownChunks) -> anyhow::Result<Restored> {
     let start = Instant::now();
     let seqs = store.list_manifests(run).await?;
     let mut skipped = Vec::new();

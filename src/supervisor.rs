@@ -7,10 +7,10 @@
 //! of the vacate window to commit and exit, then the group is killed), and flushing
 //! (the command is gone; what was committed is made durable before baton's deadline).
 
+use crate::signals::CHILD as SIGCHLD;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use crate::signals::CHILD as SIGCHLD;
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -85,8 +85,13 @@ type Done = (u64, Result<Manifest, (String, bool)>);
 /// The background uploader: one checkpoint at a time, oldest first. Once `newest_only`
 /// is set (eviction), checkpoints that a newer one supersedes are dropped, whether
 /// queued or being uploaded.
-fn spawn_uploader(store: Store, attempt: Attempt, settings: upload::Settings, known: KnownChunks, newest_only: Arc<AtomicBool>)
-    -> (mpsc::UnboundedSender<Job>, mpsc::UnboundedReceiver<Done>) {
+fn spawn_uploader(
+    store: Store,
+    attempt: Attempt,
+    settings: upload::Settings,
+    known: KnownChunks,
+    newest_only: Arc<AtomicBool>,
+) -> (mpsc::UnboundedSender<Job>, mpsc::UnboundedReceiver<Done>) {
     let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     tokio::spawn(async move {
@@ -182,7 +187,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
 }
 
 pub fn describe(m: &Manifest) -> String {
@@ -274,7 +283,9 @@ impl Supervisor {
         let seq = self.next_seq;
         let source = match self.unchanged_since().await {
             Some(same) => {
-                tracing::info!("checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files");
+                tracing::info!(
+                    "checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files"
+                );
                 Source::Same(same)
             }
             None => {
@@ -306,11 +317,8 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(&staging);
         let (src, dst) = (self.cfg.dir.clone(), staging.clone());
         // Once the command is being evicted or has finished, nobody writes its files again.
-        let hold = if matches!(self.phase, Phase::Draining { .. }) || reason == Reason::Final {
-            capture::Hold::Link
-        } else {
-            capture::Hold::Copy
-        };
+        let hold =
+            if matches!(self.phase, Phase::Draining { .. }) || reason == Reason::Final { capture::Hold::Link } else { capture::Hold::Copy };
         let snap = tokio::task::spawn_blocking(move || capture::snapshot(&src, &dst, hold))
             .await
             .map_err(|e| format!("capture failed: {e}"))?
@@ -373,9 +381,7 @@ impl Supervisor {
 
     fn trainer_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Draining { since, killed: false, .. } => {
-                Some(since + self.cfg.vacate_window.mul_f64(self.cfg.trainer_share))
-            }
+            Phase::Draining { since, killed: false, .. } => Some(since + self.cfg.vacate_window.mul_f64(self.cfg.trainer_share)),
             _ => None,
         }
     }
@@ -606,11 +612,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     };
     match &sv.phase {
         Phase::Running => tracing::info!("command ended with {exit}"),
-        Phase::Draining { since, .. } => tracing::info!("command ended with {exit}, {:.1} s after the eviction signal", since.elapsed().as_secs_f64()),
+        Phase::Draining { since, .. } => {
+            tracing::info!("command ended with {exit}, {:.1} s after the eviction signal", since.elapsed().as_secs_f64())
+        }
     }
 
     // Flushing.
-    let drain_seconds = match sv.phase { Phase::Draining { since, .. } => Some(since.elapsed().as_secs_f64()), _ => None };
+    let drain_seconds = match sv.phase {
+        Phase::Draining { since, .. } => Some(since.elapsed().as_secs_f64()),
+        _ => None,
+    };
     let flush_start = Instant::now();
     let flushed_any = !sv.outstanding.is_empty();
     while !sv.outstanding.is_empty() {
@@ -676,12 +687,24 @@ async fn end_record(sv: &Supervisor, ending: Ending, exit: Option<Exit>, timing:
         attempt: sv.attempt.number,
         ended: attempt::now(),
         ending,
-        exit_code: match exit { Some(Exit::Code(c)) => Some(c), _ => None },
-        signal: match exit { Some(Exit::Signal(s)) => Some(s), _ => None },
+        exit_code: match exit {
+            Some(Exit::Code(c)) => Some(c),
+            _ => None,
+        },
+        signal: match exit {
+            Some(Exit::Signal(s)) => Some(s),
+            _ => None,
+        },
         committed: sv.committed.clone(),
         durable: sv.durable.clone(),
-        eviction_signal: match sv.phase { Phase::Draining { signal, .. } => Some(signal), _ => None },
-        evicted_at: match sv.phase { Phase::Draining { at, .. } => Some(at), _ => None },
+        eviction_signal: match sv.phase {
+            Phase::Draining { signal, .. } => Some(signal),
+            _ => None,
+        },
+        evicted_at: match sv.phase {
+            Phase::Draining { at, .. } => Some(at),
+            _ => None,
+        },
         flush_seconds: timing.map(|t| t.0),
         drain_seconds: timing.and_then(|t| t.1),
         error,

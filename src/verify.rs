@@ -57,9 +57,7 @@ pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize
         report.files += 1;
         let mut hasher = Sha256::new();
         let mut problem = None;
-        let mut chunks = futures::stream::iter(f.chunks.iter().cloned())
-            .map(|c| fetch(store, c.hash, c.size))
-            .buffered(concurrency.max(1));
+        let mut chunks = futures::stream::iter(f.chunks.iter().cloned()).map(|c| fetch(store, c.hash, c.size)).buffered(concurrency.max(1));
         while let Some(r) = chunks.next().await {
             report.chunks += 1;
             match r {

@@ -34,10 +34,20 @@ fn missing_command_after_dashes() {
 #[test]
 fn command_that_does_not_exist() {
     let store = tempfile::tempdir().unwrap();
-    run_fails(&["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--", "no-such-trainer-xyz"], &[], 127, "command not found");
+    run_fails(
+        &["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--", "no-such-trainer-xyz"],
+        &[],
+        127,
+        "command not found",
+    );
     let script = store.path().join("not-exec.sh");
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
-    run_fails(&["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--", script.to_str().unwrap()], &[], 126, "permission denied");
+    run_fails(
+        &["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--", script.to_str().unwrap()],
+        &[],
+        126,
+        "permission denied",
+    );
 }
 
 #[test]
@@ -93,7 +103,12 @@ fn missing_s3_credentials() {
         c.env_remove(k);
     }
     let slot = tempfile::tempdir().unwrap();
-    let out = c.current_dir(slot.path()).envs(env.iter().map(|(k, v)| (k, v))).args(["run", "--store", "s3://bkt/p", "--run-id", "r", "--", "true"]).output().unwrap();
+    let out = c
+        .current_dir(slot.path())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["run", "--store", "s3://bkt/p", "--run-id", "r", "--", "true"])
+        .output()
+        .unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no S3 credentials") && err.contains("AWS_ACCESS_KEY_ID_FILE"), "{err}");

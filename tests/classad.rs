@@ -190,7 +190,10 @@ fn fixtures_are_what_classad2_prints() {
     for name in FIXTURES {
         let fresh = std::fs::read_to_string(dir.path().join(name)).unwrap();
         let committed = std::fs::read_to_string(ads_dir().join(name)).unwrap();
-        assert_eq!(fresh, committed, "fixtures/ads/{name} differs from what generate.py prints now; regenerate it (see fixtures/ads/README.md)");
+        assert_eq!(
+            fresh, committed,
+            "fixtures/ads/{name} differs from what generate.py prints now; regenerate it (see fixtures/ads/README.md)"
+        );
     }
 }
 

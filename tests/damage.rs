@@ -117,7 +117,8 @@ fn restore_never_follows_a_symlink_out_of_its_target() {
     let victim = tempfile::tempdir().unwrap();
     let link = outside.path().join("ckpt");
     std::os::unix::fs::symlink(victim.path(), &link).unwrap();
-    let out = baton().args(["restore", "--store", store.path().to_str().unwrap(), "link", "--to", link.to_str().unwrap()]).output().unwrap();
+    let out =
+        baton().args(["restore", "--store", store.path().to_str().unwrap(), "link", "--to", link.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not an empty directory"), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 0, "restore wrote through the symlink");

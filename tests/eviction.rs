@@ -21,7 +21,8 @@ fn assert_evictions_recorded(store: &str, run: &str, env: &[(String, String)], a
     assert!(attempts.len() >= attempts_at_least, "{v}");
     let evicted = attempts.iter().filter(|a| a["end"]["ending"] == "evicted").count();
     assert!(evicted >= 1, "no attempt recorded as evicted: {v}");
-    let reasons: Vec<_> = v["checkpoints"].as_array().unwrap().iter().map(|c| c["manifest"]["reason"].as_str().unwrap().to_string()).collect();
+    let reasons: Vec<_> =
+        v["checkpoints"].as_array().unwrap().iter().map(|c| c["manifest"]["reason"].as_str().unwrap().to_string()).collect();
     assert!(reasons.contains(&"eviction".to_string()), "no eviction checkpoint in {reasons:?}");
     assert_eq!(reasons.last().map(String::as_str), Some("final"));
 }
@@ -204,7 +205,8 @@ fn files_written_again_during_an_eviction_flush_are_never_committed_mixed() {
         // The upload won the race: what it committed must be exactly the committed bytes.
         Some(c) => {
             let to = slot.path().join("restored");
-            let o = baton().args(["restore", "--store", s, "rewriter", &c["seq"].to_string(), "--to", to.to_str().unwrap()]).output().unwrap();
+            let o =
+                baton().args(["restore", "--store", s, "rewriter", &c["seq"].to_string(), "--to", to.to_str().unwrap()]).output().unwrap();
             assert!(o.status.success(), "{}", text(&o.stderr));
             let data = std::fs::read(to.join("w.bin")).unwrap();
             assert!(data.len() == 67108864 && data.iter().all(|&b| b == b'a'), "a checkpoint of mixed bytes was committed:\n{err}");

@@ -16,7 +16,8 @@ const READ_CREATE: &str = "storage.read:/ storage.create:/";
 /// environment leaks in (baton treats an empty variable as unset). `BATON_TOKEN_FILE` is
 /// a command-line default (clap refuses an empty one): `baton_with` removes it, and the
 /// `spawn_run` helpers assume the test environment does not set it.
-const TOKEN_VARS: &[&str] = &["BEARER_TOKEN", "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "TOKEN", "_CONDOR_CREDS", "BATON_PELICAN_READ_TIMEOUT"];
+const TOKEN_VARS: &[&str] =
+    &["BEARER_TOKEN", "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "TOKEN", "_CONDOR_CREDS", "BATON_PELICAN_READ_TIMEOUT"];
 
 /// The environment for one baton process: no token anywhere but in `extra`, and the test CA.
 fn env_with(fed: &Federation, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -163,7 +164,12 @@ fn pelicanfs_reads_back_chunks_and_manifests_byte_for_byte() {
     let mut chunks = vec![];
     for f in manifest["files"].as_array().unwrap() {
         for c in f["chunks"].as_array().unwrap() {
-            let h = c.get("hash").or_else(|| c.get("sha256")).and_then(|h| h.as_str()).or_else(|| c.as_str()).unwrap_or_else(|| panic!("chunk entry {c}"));
+            let h = c
+                .get("hash")
+                .or_else(|| c.get("sha256"))
+                .and_then(|h| h.as_str())
+                .or_else(|| c.as_str())
+                .unwrap_or_else(|| panic!("chunk entry {c}"));
             chunks.push(h.to_string());
         }
     }
@@ -215,11 +221,14 @@ fn truncated_throttled_failing_and_stalled_reads_are_retried() {
     ok_run(&store, "f", &env);
 
     // Truncated body: full Content-Length, half the bytes, connection closed.
-    let (err, _) = restore_survives(&fed, &store, "f", &env, r#"{"kind":"truncate","count":1,"method":"GET","path_contains":"/chunks/"}"#, "truncate");
+    let (err, _) =
+        restore_survives(&fed, &store, "f", &env, r#"{"kind":"truncate","count":1,"method":"GET","path_contains":"/chunks/"}"#, "truncate");
     assert!(err.contains("trying again"), "{err}");
     // A chunk read with the truncation was fetched again and completely.
     let log = fed.log_entries();
-    assert!(log.iter().any(|e| e["method"] == "GET" && e["status"] == 200 && e["fault"].is_null() && e["target"].as_str().unwrap().contains("/chunks/")));
+    assert!(log
+        .iter()
+        .any(|e| e["method"] == "GET" && e["status"] == 200 && e["fault"].is_null() && e["target"].as_str().unwrap().contains("/chunks/")));
 
     // 429 with Retry-After: 1 is honoured.
     let (_, took) = restore_survives(&fed, &store, "f", &env, r#"{"kind":"429","count":2,"method":"GET","retry_after":1}"#, "429");
@@ -234,7 +243,14 @@ fn truncated_throttled_failing_and_stalled_reads_are_retried() {
 
     // A stalled server: no byte for longer than the read timeout is a failed try.
     env.push(("BATON_PELICAN_READ_TIMEOUT".into(), "1".into()));
-    let (_, took) = restore_survives(&fed, &store, "f", &env, r#"{"kind":"stall","count":1,"method":"GET","server":"cache","stall_seconds":8}"#, "stall");
+    let (_, took) = restore_survives(
+        &fed,
+        &store,
+        "f",
+        &env,
+        r#"{"kind":"stall","count":1,"method":"GET","server":"cache","stall_seconds":8}"#,
+        "stall",
+    );
     assert!(took < Duration::from_secs(7), "baton waited for the stalled server: {took:?}");
 }
 
@@ -245,7 +261,14 @@ fn a_bad_digest_is_retried_and_a_persistent_one_is_a_clear_store_error() {
     let store = fed.store_url("ckpt/digest");
     ok_run(&store, "d", &env);
 
-    let (err, _) = restore_survives(&fed, &store, "d", &env, r#"{"kind":"bad-digest","count":1,"method":"GET","path_contains":"/chunks/"}"#, "bad-digest");
+    let (err, _) = restore_survives(
+        &fed,
+        &store,
+        "d",
+        &env,
+        r#"{"kind":"bad-digest","count":1,"method":"GET","path_contains":"/chunks/"}"#,
+        "bad-digest",
+    );
     assert!(err.contains("crc32c"), "the mismatch is not mentioned: {err}");
 
     // Every answer lies: baton gives up with exit 70 (a transport error, not damage: the
@@ -389,8 +412,18 @@ fn token_from_token_file_flag_and_variable_wins_over_the_environment() {
     let good = fed.token_file(READ_CREATE, 600);
     let read_only = fed.token_file("storage.read:/", 600);
     // --token-file is looked at first: the read-only BEARER_TOKEN_FILE is not used.
-    run_with_token_env(&fed, &fed.store_url("t7"), &[("BEARER_TOKEN_FILE", read_only.to_str().unwrap())], &["--token-file", good.to_str().unwrap()]);
-    run_with_token_env(&fed, &fed.store_url("t8"), &[("BEARER_TOKEN_FILE", read_only.to_str().unwrap()), ("BATON_TOKEN_FILE", good.to_str().unwrap())], &[]);
+    run_with_token_env(
+        &fed,
+        &fed.store_url("t7"),
+        &[("BEARER_TOKEN_FILE", read_only.to_str().unwrap())],
+        &["--token-file", good.to_str().unwrap()],
+    );
+    run_with_token_env(
+        &fed,
+        &fed.store_url("t8"),
+        &[("BEARER_TOKEN_FILE", read_only.to_str().unwrap()), ("BATON_TOKEN_FILE", good.to_str().unwrap())],
+        &[],
+    );
     // A --token-file that does not exist stops baton before anything starts.
     let env = env_with(&fed, &[]);
     let (out, started) = small_run(&fed.store_url("t7"), "tok", &env, &["--token-file", "/nonexistent/tok"]);

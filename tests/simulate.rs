@@ -24,9 +24,21 @@ fn seeded_soft_and_hard_evictions_over_three_slot_types_verify_pass() {
     let (out, r) = simulate(
         work.path(),
         &[
-            "--evictions", "3", "--mean-interval", "1.5s", "--hard-fraction", "0.4", "--seed", "11",
-            "--slots", "a100-40gb,t4-16gb,l40s-48gb,cpu", "--vacate-window", "6s", "--verify",
-            "--timeline", svg.to_str().unwrap(),
+            "--evictions",
+            "3",
+            "--mean-interval",
+            "1.5s",
+            "--hard-fraction",
+            "0.4",
+            "--seed",
+            "11",
+            "--slots",
+            "a100-40gb,t4-16gb,l40s-48gb,cpu",
+            "--vacate-window",
+            "6s",
+            "--verify",
+            "--timeline",
+            svg.to_str().unwrap(),
         ],
         TRAINER_ARGS,
     );
@@ -63,7 +75,8 @@ fn seeded_soft_and_hard_evictions_over_three_slot_types_verify_pass() {
     let last = slots.pop().unwrap();
     assert!(last.join("checkpoint").is_dir(), "{}", last.display());
     for slot in &slots {
-        let left: std::collections::BTreeSet<_> = std::fs::read_dir(slot).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let left: std::collections::BTreeSet<_> =
+            std::fs::read_dir(slot).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         let kept: std::collections::BTreeSet<_> = ["baton.log", "stdout.log", ".job.ad", ".machine.ad"].map(String::from).into();
         assert_eq!(left, kept, "{}", slot.display());
     }
@@ -77,7 +90,12 @@ fn seeded_soft_and_hard_evictions_over_three_slot_types_verify_pass() {
     assert!(check.status.success(), "not valid XML: {}", text(&check.stderr));
     assert_eq!(text(&check.stdout).trim(), attempts.len().to_string());
     let png = work.path().join("t.png");
-    let render = Command::new("rsvg-convert").arg(&svg).arg("-o").arg(&png).output().expect("rsvg-convert (librsvg2-bin) is installed by `make test`");
+    let render = Command::new("rsvg-convert")
+        .arg(&svg)
+        .arg("-o")
+        .arg(&png)
+        .output()
+        .expect("rsvg-convert (librsvg2-bin) is installed by `make test`");
     assert!(render.status.success(), "{}", text(&render.stderr));
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
@@ -85,7 +103,10 @@ fn seeded_soft_and_hard_evictions_over_three_slot_types_verify_pass() {
 #[test]
 fn the_same_seed_gives_the_same_schedule() {
     let plan = |seed: &str| {
-        let out = baton().args(["simulate", "--plan-only", "--evictions", "6", "--mean-interval", "20s", "--hard-fraction", "0.5", "--seed", seed]).output().unwrap();
+        let out = baton()
+            .args(["simulate", "--plan-only", "--evictions", "6", "--mean-interval", "20s", "--hard-fraction", "0.5", "--seed", seed])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["schedule"]["events"].clone()
@@ -99,7 +120,8 @@ fn the_same_seed_gives_the_same_schedule() {
 fn a_trainer_that_forgets_to_restore_fails_verify() {
     let work = tempfile::tempdir().unwrap();
     let args = [TRAINER_ARGS, &["--bug", "forget-restore"]].concat();
-    let (out, r) = simulate(work.path(), &["--evictions", "2", "--mean-interval", "1.5s", "--seed", "3", "--slots", "t4-16gb,cpu", "--verify"], &args);
+    let (out, r) =
+        simulate(work.path(), &["--evictions", "2", "--mean-interval", "1.5s", "--seed", "3", "--slots", "t4-16gb,cpu", "--verify"], &args);
     assert_eq!(out.status.code(), Some(71), "{}\n{r}", text(&out.stderr));
     let msg = r["verify"]["message"].as_str().unwrap();
     assert!(msg.starts_with("FAIL: first differing file"), "{msg}");

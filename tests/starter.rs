@@ -33,7 +33,11 @@ fn baton_flushes_and_exits_before_the_starter_kills_the_family() {
     let store = tempfile::tempdir().unwrap();
     let s = sandbox.path();
     std::fs::write(s.join(".job.ad"), "ClusterId = 77\nGlobalJobId = \"ap.test#77.0#1700000000\"\nNumJobStarts = 1\nProcId = 0\n").unwrap();
-    std::fs::write(s.join(".machine.ad"), "GPUs = 1\nGPUs_DeviceName = \"Tesla T4\"\nGPUs_GlobalMemoryMb = 14931\nMachineMaxVacateTime = 3 * 2\n").unwrap();
+    std::fs::write(
+        s.join(".machine.ad"),
+        "GPUs = 1\nGPUs_DeviceName = \"Tesla T4\"\nGPUs_GlobalMemoryMb = 14931\nMachineMaxVacateTime = 3 * 2\n",
+    )
+    .unwrap();
     let mut c = baton();
     c.current_dir(s)
         .env("_CONDOR_SCRATCH_DIR", s)

@@ -416,9 +416,10 @@ fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, _text: &str
     baton_parses(&argv)?;
     let flag = |name: &str| -> Option<String> {
         let own = &argv[..dashes];
-        own.iter().position(|a| a == name).and_then(|i| own.get(i + 1).cloned()).or_else(|| {
-            own.iter().find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_string))
-        })
+        own.iter()
+            .position(|a| a == name)
+            .and_then(|i| own.get(i + 1).cloned())
+            .or_else(|| own.iter().find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_string)))
     };
     let store = flag("--store");
     let run_id = flag("--run-id");
@@ -485,7 +486,8 @@ fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, _text: &str
         Some(s) if is_pelican_store(s) => {
             // The bearer token: HTCondor's credential directory, or a file baton is told about.
             let oauth = get("use_oauth_services")?.is_some();
-            let token_file = flag("--token-file").or_else(|| env.get("BEARER_TOKEN_FILE").cloned()).or_else(|| env.get("BATON_TOKEN_FILE").cloned());
+            let token_file =
+                flag("--token-file").or_else(|| env.get("BEARER_TOKEN_FILE").cloned()).or_else(|| env.get("BATON_TOKEN_FILE").cloned());
             match (oauth, token_file) {
                 (false, None) => {
                     return Err(format!(
@@ -498,7 +500,9 @@ fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, _text: &str
                 _ => {}
             }
         }
-        Some(s) => return Err(format!("--store {s}: use s3:// (or a shared filesystem) in a submit file; a sandbox directory dies with the slot")),
+        Some(s) => {
+            return Err(format!("--store {s}: use s3:// (or a shared filesystem) in a submit file; a sandbox directory dies with the slot"))
+        }
         None => return Err("no --store: the default store is a directory inside the sandbox, which dies with the slot".into()),
     }
     Ok(BatonJob { argv, store, run_id })
@@ -730,7 +734,10 @@ fn htcondor_argument_quoting() {
 
 #[test]
 fn submit_language_parsing() {
-    let s = parse_submit("# c\nexecutable = baton\narguments = \"run -- a \\\n  b\"\n+Is_Resumable = true\nMY.Foo = 1\nname = x$(Cluster)\nqueue 3\n").unwrap();
+    let s = parse_submit(
+        "# c\nexecutable = baton\narguments = \"run -- a \\\n  b\"\n+Is_Resumable = true\nMY.Foo = 1\nname = x$(Cluster)\nqueue 3\n",
+    )
+    .unwrap();
     assert_eq!(s.raw("arguments"), Some("\"run -- a   b\""));
     assert_eq!(s.raw("+is_resumable"), Some("true"));
     assert_eq!(s.raw("+foo"), Some("1"));

@@ -22,9 +22,10 @@ pub struct Args {
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     crate::signals::ignore_eviction_signals();
-    let socket = std::env::var(commit::ENV_SOCKET).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
-        usage("baton commit must be run by a command started with `baton run` ($BATON_SOCKET is not set)")
-    })?;
+    let socket = std::env::var(commit::ENV_SOCKET)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| usage("baton commit must be run by a command started with `baton run` ($BATON_SOCKET is not set)"))?;
     let req = Request { epoch: a.epoch, step: a.step, meta: a.meta.into_iter().collect() };
     let reply = commit::send(&socket, &req).await?;
     if reply.ok {

@@ -12,7 +12,9 @@ use crate::store::Store;
 
 /// Show the runs in a store, the checkpoints and attempts of a run, or one checkpoint's files.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  baton inspect                 runs in the store\n  baton inspect RUN             checkpoints and attempts of RUN\n  baton inspect RUN 7 --json    files of checkpoint 7, as JSON")]
+#[command(
+    after_help = "Examples:\n  baton inspect                 runs in the store\n  baton inspect RUN             checkpoints and attempts of RUN\n  baton inspect RUN 7 --json    files of checkpoint 7, as JSON"
+)]
 pub struct Args {
     #[command(flatten)]
     store: StoreArg,
@@ -69,7 +71,11 @@ pub fn fmt_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", units[i])
+    }
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -80,11 +86,7 @@ async fn attempts(store: &Store, run: &RunId) -> anyhow::Result<Vec<AttemptRow>>
     let mut rows = Vec::new();
     for (n, has_end) in store.list_attempts(run).await? {
         let start = store.get_attempt(run, n, false).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let end = if has_end {
-            store.get_attempt(run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok())
-        } else {
-            None
-        };
+        let end = if has_end { store.get_attempt(run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
         rows.push(AttemptRow { attempt: n, start, end });
     }
     Ok(rows)
@@ -159,7 +161,10 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
             None => println!("{:>5} DAMAGED: {}", c.seq, c.error.as_deref().unwrap_or("")),
         }
     }
-    println!("\n{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} {}", "ATTEMPT", "HOST", "STARTED", "DEVICE", "RESTORED", "ENDING", "STATUS", "COMMITTED/DURABLE");
+    println!(
+        "\n{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} {}",
+        "ATTEMPT", "HOST", "STARTED", "DEVICE", "RESTORED", "ENDING", "STATUS", "COMMITTED/DURABLE"
+    );
     for a in &detail.attempts {
         let (host, started, device, restored) = match &a.start {
             Some(s) => (s.host.clone(), fmt_time(s.started), s.device.clone(), opt(s.restored_seq)),

@@ -66,7 +66,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 continue;
             }
             let m = load_manifest(&store, run, seq).await.map_err(|e| {
-                Failure::new(ExitCode::Damaged, format!("{e:#}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)"))
+                Failure::new(
+                    ExitCode::Damaged,
+                    format!("{e:#}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)"),
+                )
             })?;
             referenced.extend(m.chunk_hashes().map(str::to_string));
         }
@@ -97,7 +100,12 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         for (run, seq) in &plan.checkpoints {
             println!("{verb} run {run} checkpoint {seq}");
         }
-        println!("{verb} {} checkpoint(s) and {} unreferenced chunk(s), {:.1} MB", plan.checkpoints.len(), plan.chunks, plan.chunk_bytes as f64 / 1e6);
+        println!(
+            "{verb} {} checkpoint(s) and {} unreferenced chunk(s), {:.1} MB",
+            plan.checkpoints.len(),
+            plan.chunks,
+            plan.chunk_bytes as f64 / 1e6
+        );
     }
     Ok(0)
 }

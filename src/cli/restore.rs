@@ -9,7 +9,9 @@ use crate::upload::KnownChunks;
 
 /// Download a checkpoint (default: the newest intact one) into a new or empty directory.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  baton restore RUN --to ./ckpt        newest intact checkpoint\n  baton restore RUN 4 --to ./ckpt-4    checkpoint 4 exactly")]
+#[command(
+    after_help = "Examples:\n  baton restore RUN --to ./ckpt        newest intact checkpoint\n  baton restore RUN 4 --to ./ckpt-4    checkpoint 4 exactly"
+)]
 pub struct Args {
     #[command(flatten)]
     store: StoreArg,

@@ -96,7 +96,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         None => match std::env::var("BATON_RUN_ID").ok().filter(|s| !s.is_empty()) {
             Some(s) => crate::identity::RunId::parse(&s).map_err(|e| usage(format!("BATON_RUN_ID: {e}")))?,
             None => sandbox.run_id().ok_or_else(|| match sandbox.run_id_problem() {
-                Some(problem) => usage(format!("no run id: {problem}, so baton cannot name the run after the job; pass --run-id ID or set BATON_RUN_ID")),
+                Some(problem) => {
+                    usage(format!("no run id: {problem}, so baton cannot name the run after the job; pass --run-id ID or set BATON_RUN_ID"))
+                }
                 None => usage("no run id: pass --run-id ID or set BATON_RUN_ID (under HTCondor it comes from the job ad's GlobalJobId)"),
             })?,
         },

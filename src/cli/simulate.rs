@@ -113,10 +113,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             let events = schedule::parse_trace(&text).map_err(|e| usage(format!("{}: not a trace: {e}", path.display())))?;
             Schedule { per_attempt: false, events }
         }
-        None => Schedule {
-            per_attempt: true,
-            events: schedule::generate(seed, a.evictions, a.mean_interval.as_secs_f64(), a.hard_fraction),
-        },
+        None => {
+            Schedule { per_attempt: true, events: schedule::generate(seed, a.evictions, a.mean_interval.as_secs_f64(), a.hard_fraction) }
+        }
     };
     if a.plan_only {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "seed": seed, "schedule": schedule }))?);

@@ -18,7 +18,10 @@ pub fn crc32c_hex(data: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Match,
-    Mismatch { ours: String, theirs: String },
+    Mismatch {
+        ours: String,
+        theirs: String,
+    },
     /// The server sent no crc32c digest (no header, or only other algorithms).
     Absent,
 }
@@ -65,10 +68,7 @@ mod tests {
         assert_eq!(check(Some("crc32c=\"e3069283\""), data), Verdict::Match);
         assert_eq!(check(Some("md5=XrY7u+Ae7tCTyyK7j1rNww=="), data), Verdict::Absent);
         assert_eq!(check(None, data), Verdict::Absent);
-        assert_eq!(
-            check(Some("crc32c=00000001"), data),
-            Verdict::Mismatch { ours: "e3069283".into(), theirs: "00000001".into() }
-        );
+        assert_eq!(check(Some("crc32c=00000001"), data), Verdict::Mismatch { ours: "e3069283".into(), theirs: "00000001".into() });
         assert!(matches!(check(Some("crc32c=zz"), data), Verdict::Mismatch { .. }));
         // Leading zeros may be dropped by some servers.
         assert_eq!(check(Some("crc32c=0"), b""), Verdict::Match);

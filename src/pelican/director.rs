@@ -151,7 +151,11 @@ pub async fn ask(http: &reqwest::Client, director: &str, path: &str, verb: Verb)
         405 => Error::Http {
             what,
             status,
-            detail: format!("no origin in the federation accepts {} for this path{}", verb.method(), if detail.is_empty() { String::new() } else { format!(" ({detail})") }),
+            detail: format!(
+                "no origin in the federation accepts {} for this path{}",
+                verb.method(),
+                if detail.is_empty() { String::new() } else { format!(" ({detail})") }
+            ),
             retry_after: None,
         },
         _ => Error::Http { what, status, detail, retry_after },
@@ -188,7 +192,12 @@ mod tests {
     fn answer_orders_links_then_location_and_drops_authz() {
         let mut h = HeaderMap::new();
         h.insert("location", HeaderValue::from_static("https://cache1:8443/ns/obj?authz=SECRET"));
-        h.insert("link", HeaderValue::from_static(r#"<https://cache2:8443/ns/obj>; rel="duplicate"; pri=2, <https://cache1:8443/ns/obj>; rel="duplicate"; pri=1"#));
+        h.insert(
+            "link",
+            HeaderValue::from_static(
+                r#"<https://cache2:8443/ns/obj>; rel="duplicate"; pri=2, <https://cache1:8443/ns/obj>; rel="duplicate"; pri=1"#,
+            ),
+        );
         h.insert("x-pelican-namespace", HeaderValue::from_static("namespace=/ns, require-token=false"));
         let a = parse_answer(&h).unwrap();
         assert_eq!(a.servers, vec!["https://cache1:8443/ns/obj", "https://cache2:8443/ns/obj"]);

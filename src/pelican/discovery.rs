@@ -92,7 +92,10 @@ mod tests {
     fn director_or_standalone() {
         let doc = br#"{"director_endpoint":"https://osdf-director.osg-htc.org/","namespace_registration_endpoint":"https://osdf-registry.osg-htc.org","jwks_uri":"https://osg-htc.org/osdf/public_signing_key.jwks","broker_endpoint":""}"#;
         assert_eq!(parse("https://osg-htc.org", doc).unwrap(), Federation::Director("https://osdf-director.osg-htc.org".into()));
-        assert_eq!(parse("https://origin:8443/", br#"{"director_endpoint":""}"#).unwrap(), Federation::Standalone("https://origin:8443".into()));
+        assert_eq!(
+            parse("https://origin:8443/", br#"{"director_endpoint":""}"#).unwrap(),
+            Federation::Standalone("https://origin:8443".into())
+        );
         assert_eq!(parse("https://origin:8443", b"{}").unwrap(), Federation::Standalone("https://origin:8443".into()));
         assert!(parse("https://h", br#"{"director_endpoint":"http://plain"}"#).unwrap_err().contains("https"));
         assert!(parse("https://h", b"<html>").unwrap_err().contains("discovery document"));

@@ -99,7 +99,14 @@ pub(super) fn root_cause(e: &dyn std::error::Error) -> String {
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by Pelican).
 pub(super) fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    h.get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// The `msg` of a Pelican JSON error (`{"status":"error","msg":"..."}`), else the start of the body.

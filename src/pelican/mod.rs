@@ -38,7 +38,9 @@ use self::url::{encode_path, PelicanUrl};
 pub enum PutResult {
     Created,
     /// The path was taken; its size.
-    Exists { size: u64 },
+    Exists {
+        size: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +132,8 @@ impl Client {
             .read_timeout(read_timeout())
             .timeout(Duration::from_secs(120));
         if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
-            let pem = std::fs::read(&path).map_err(|e| format!("SSL_CERT_FILE={}: cannot read the CA bundle: {e}", PathBuf::from(&path).display()))?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("SSL_CERT_FILE={}: cannot read the CA bundle: {e}", PathBuf::from(&path).display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| format!("SSL_CERT_FILE={}: not a PEM CA bundle: {e}", PathBuf::from(&path).display()))?;
             b = b.tls_certs_merge(certs);
@@ -359,7 +362,9 @@ impl Client {
             }
             412 | 409 | 403 => match self.head_object(&url, token.as_ref()).await {
                 Ok(Some((size, digest_header))) => self.existing(path, data, size, digest_header.as_deref(), *sent_before),
-                Ok(None) if status == 403 => Err(self.denied(status, Need::Create, path, target.namespace.as_ref(), token.as_ref(), &detail)),
+                Ok(None) if status == 403 => {
+                    Err(self.denied(status, Need::Create, path, target.namespace.as_ref(), token.as_ref(), &detail))
+                }
                 Ok(None) => Err(Error::Http { what, status, detail, retry_after: None }),
                 Err(Error::Http { status: 401 | 403, .. }) if status == 403 => {
                     Err(self.denied(status, Need::Create, path, target.namespace.as_ref(), token.as_ref(), &detail))
@@ -419,7 +424,9 @@ remove the object with a token that has storage.modify, then commit again"
                             tracing::debug!("pelican: {url}: no crc32c digest from the origin; size checked only");
                             return Ok(());
                         }
-                        digest::Verdict::Mismatch { ours, theirs } => last = Some(format!("the origin's crc32c is {theirs}, the bytes sent have {ours}")),
+                        digest::Verdict::Mismatch { ours, theirs } => {
+                            last = Some(format!("the origin's crc32c is {theirs}, the bytes sent have {ours}"))
+                        }
                     }
                 }
                 Ok(None) => last = Some("the object is not there after the upload".into()),
@@ -530,7 +537,10 @@ remove the object with a token that has storage.modify, then commit again"
             None => match self.head_object(&url, token.as_ref()).await {
                 Ok(Some((size, h))) => {
                     if size != data.len() as u64 {
-                        return Err(Error::Integrity { what, detail: format!("the server says the object has {size} bytes, {} arrived", data.len()) });
+                        return Err(Error::Integrity {
+                            what,
+                            detail: format!("the server says the object has {size} bytes, {} arrived", data.len()),
+                        });
                     }
                     h
                 }
@@ -591,7 +601,11 @@ remove the object with a token that has storage.modify, then commit again"
         match &ns.collections_url {
             Some(coll) => {
                 let entries = self.propfind(coll, path, "0", &ns).await?;
-                Ok(entries.and_then(|e| e.into_iter().next()).map(|e| Stat { size: e.size.unwrap_or(0), is_dir: e.is_dir, modified: e.modified }))
+                Ok(entries.and_then(|e| e.into_iter().next()).map(|e| Stat {
+                    size: e.size.unwrap_or(0),
+                    is_dir: e.is_dir,
+                    modified: e.modified,
+                }))
             }
             None => {
                 let target = self.resolve(path, Verb::Get).await?;

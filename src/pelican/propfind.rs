@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(e.len(), 4, "{e:?}");
         assert_eq!(e[0], Entry { path: "/test/ckpt/chunks".into(), is_dir: true, size: None, modified: Some(1700000000) });
         // Percent-decoded; the 404 propstat's size ignored; no resourcetype and no slash: a file.
-        assert_eq!(e[1], Entry { path: "/test/ckpt/chunks/ab/ab12 cd".into(), is_dir: false, size: Some(4096), modified: Some(1700000000) });
+        assert_eq!(
+            e[1],
+            Entry { path: "/test/ckpt/chunks/ab/ab12 cd".into(), is_dir: false, size: Some(4096), modified: Some(1700000000) }
+        );
         // No resourcetype, trailing slash: a directory.
         assert!(e[2].is_dir);
         assert_eq!(e[2].path, "/test/ckpt/chunks/cd");

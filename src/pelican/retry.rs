@@ -50,7 +50,13 @@ impl Retry {
         let backoff = self.policy.first_backoff.saturating_mul(1 << (self.tries - 1).min(16)).min(self.policy.max_backoff);
         let wait = e.retry_after().map(|d| d.min(self.policy.max_retry_after)).unwrap_or(backoff);
         let wait = wait.min(self.policy.budget.saturating_sub(elapsed));
-        tracing::info!("pelican: {}: {e}; trying again in {:.1} s (try {} of {})", self.what, wait.as_secs_f64(), self.tries + 1, self.policy.tries);
+        tracing::info!(
+            "pelican: {}: {e}; trying again in {:.1} s (try {} of {})",
+            self.what,
+            wait.as_secs_f64(),
+            self.tries + 1,
+            self.policy.tries
+        );
         tokio::time::sleep(wait).await;
         Ok(())
     }

@@ -43,9 +43,7 @@ impl Token {
     /// The claims of a JWT (`header.payload.signature`); `None` for opaque tokens.
     pub fn claims(&self) -> Option<Claims> {
         let payload = self.0.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload.trim_end_matches('='))
-            .ok()?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let exp = v.get("exp").and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)));
         let scopes = match v.get("scope").or_else(|| v.get("scp")) {

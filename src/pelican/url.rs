@@ -93,7 +93,9 @@ impl PelicanUrl {
             Scheme::Pelican => {
                 let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
                 if host.is_empty() {
-                    return Err(format!("{s}: a pelican:// URL needs the federation host (pelican://federation.example.org/namespace/path)"));
+                    return Err(format!(
+                        "{s}: a pelican:// URL needs the federation host (pelican://federation.example.org/namespace/path)"
+                    ));
                 }
                 if host.contains('@') {
                     return Err(format!("{s}: credentials do not belong in the URL; give a token file (--token-file, BEARER_TOKEN_FILE)"));
@@ -103,9 +105,8 @@ impl PelicanUrl {
             // `osdf://foo/bar` is `osdf:///foo/bar`: the "host" is the first path segment.
             Scheme::Osdf | Scheme::Stash => (OSDF_HOST.to_string(), rest.trim_start_matches('/')),
         };
-        let decoded = percent_decode_str(raw_path)
-            .decode_utf8()
-            .map_err(|_| format!("{s}: the path is not valid UTF-8 once percent-decoded"))?;
+        let decoded =
+            percent_decode_str(raw_path).decode_utf8().map_err(|_| format!("{s}: the path is not valid UTF-8 once percent-decoded"))?;
         let mut parts = vec![];
         for part in decoded.split('/').filter(|p| !p.is_empty()) {
             if part == "." || part == ".." {
@@ -155,7 +156,10 @@ mod tests {
     #[test]
     fn the_forms_users_write() {
         let u = p("pelican://fed.example.org/ns/ckpt/run/");
-        assert_eq!((u.scheme, u.host.as_str(), u.path.as_str(), u.token_name.as_deref()), (Scheme::Pelican, "fed.example.org", "/ns/ckpt/run", None));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.path.as_str(), u.token_name.as_deref()),
+            (Scheme::Pelican, "fed.example.org", "/ns/ckpt/run", None)
+        );
         assert_eq!(u.to_string(), "pelican://fed.example.org/ns/ckpt/run");
         let u = p("pelican://127.0.0.1:8444/test/x");
         assert_eq!((u.host.as_str(), u.path.as_str()), ("127.0.0.1:8444", "/test/x"));

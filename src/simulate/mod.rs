@@ -116,12 +116,26 @@ fn kill_family(root: u32) {
     }
 }
 
-fn spawn_baton(opts: &Options, store_url: &str, extra: &[String], env: &[(String, String)], dir: &Path) -> anyhow::Result<std::process::Child> {
+fn spawn_baton(
+    opts: &Options,
+    store_url: &str,
+    extra: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+) -> anyhow::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("run").args(["--store", store_url]).args(&opts.run_args).args(extra).arg("--").args(&opts.command);
-    for k in ["BATON_RUN_ID", "BATON_SOCKET", "BATON_STORE", "_CONDOR_JOB_AD", "_CONDOR_MACHINE_AD", "_CONDOR_SCRATCH_DIR", "CUDA_VISIBLE_DEVICES"] {
+    for k in [
+        "BATON_RUN_ID",
+        "BATON_SOCKET",
+        "BATON_STORE",
+        "_CONDOR_JOB_AD",
+        "_CONDOR_MACHINE_AD",
+        "_CONDOR_SCRATCH_DIR",
+        "CUDA_VISIBLE_DEVICES",
+    ] {
         cmd.env_remove(k);
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
@@ -169,7 +183,10 @@ fn compare(sim: &Manifest, reference: &Manifest, sim_out: &Path, ref_out: &Path)
         match a.iter().find(|(p, _)| p == path) {
             None => return (false, format!("FAIL: {path} is in the uninterrupted run's final checkpoint but not in the simulated one")),
             Some((_, h)) if h != hash => {
-                return (false, format!("FAIL: first differing file {path}: sha256 {}… after evictions, {}… uninterrupted", &h[..16], &hash[..16]))
+                return (
+                    false,
+                    format!("FAIL: first differing file {path}: sha256 {}… after evictions, {}… uninterrupted", &h[..16], &hash[..16]),
+                )
             }
             _ => {}
         }
@@ -211,7 +228,14 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         progress.line(format!("simulate: --verify: running the command once uninterrupted (store {})", store_dir.display()));
         progress.status("uninterrupted reference run".into());
         let t = Instant::now();
-        let extra = vec!["--run-id".into(), "reference".into(), "--dir".into(), dir.join("checkpoint").display().to_string(), "--device".into(), "reference".into()];
+        let extra = vec![
+            "--run-id".into(),
+            "reference".into(),
+            "--dir".into(),
+            dir.join("checkpoint").display().to_string(),
+            "--device".into(),
+            "reference".into(),
+        ];
         let mut child = spawn_baton(&opts, &store_dir.display().to_string(), &extra, &[], &dir)?;
         let status = loop {
             if let Some(s) = child.try_wait()? {
@@ -284,7 +308,8 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
                     match kind {
                         Kind::Soft => {
                             // The starter signals the top process only.
-                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                            let _ =
+                                nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
                             kill_at = Some(Instant::now() + Duration::from_secs_f64(opts.vacate_window));
                         }
                         Kind::Hard => kill_family(child.id()),
@@ -292,7 +317,8 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
                     eviction = Some((kind, attempt::now()));
                     next_event += 1;
                     evictions += 1;
-                    progress.line(format!("simulate: attempt {n}: {kind:?} eviction at {:.1} s", start.elapsed().as_secs_f64()).to_lowercase());
+                    progress
+                        .line(format!("simulate: attempt {n}: {kind:?} eviction at {:.1} s", start.elapsed().as_secs_f64()).to_lowercase());
                 }
             }
             if kill_at.is_some_and(|d| Instant::now() >= d) {
@@ -300,11 +326,7 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
                 kill_family(child.id());
                 kill_at = None;
             }
-            progress.status(format!(
-                "attempt {n} on {} · {:.1} s · {evictions} eviction(s)",
-                slot.name,
-                start.elapsed().as_secs_f64()
-            ));
+            progress.status(format!("attempt {n} on {} · {:.1} s · {evictions} eviction(s)", slot.name, start.elapsed().as_secs_f64()));
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         last_seen_attempt = n;
@@ -320,7 +342,10 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
                 break;
             }
             (None, _) => {
-                failure = Some(format!("the command failed on attempt {n} ({status}) without being evicted; see {}", dir.join("baton.log").display()));
+                failure = Some(format!(
+                    "the command failed on attempt {n} ({status}) without being evicted; see {}",
+                    dir.join("baton.log").display()
+                ));
                 break;
             }
         }
@@ -344,11 +369,8 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         let Ok(start): Result<StartRecord, _> = serde_json::from_slice(&bytes) else { continue };
         let Some(o) = observed.iter_mut().find(|o| o.spawned_at - 1.0 <= start.started && start.started <= o.gone_at) else { continue };
         o.attempt = n;
-        let end: Option<EndRecord> = if has_end {
-            opts.store.get_attempt(&run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok())
-        } else {
-            None
-        };
+        let end: Option<EndRecord> =
+            if has_end { opts.store.get_attempt(&run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
         records.push(AttemptRecords { start, end });
     }
     let mut manifests = Vec::new();
@@ -361,10 +383,13 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
     let verify = match reference {
         Some((ref_store, secs, ref_out)) if completed => {
             let reference_run = RunId::parse("reference").map_err(anyhow::Error::msg)?;
-            let (pass, message) = compare(&latest(&opts.store, &run).await?, &latest(&ref_store, &reference_run).await?, &last_stdout, &ref_out);
+            let (pass, message) =
+                compare(&latest(&opts.store, &run).await?, &latest(&ref_store, &reference_run).await?, &last_stdout, &ref_out);
             Some(VerifyOutcome { pass, message, reference_seconds: secs })
         }
-        Some((_, secs, _)) => Some(VerifyOutcome { pass: false, message: "FAIL: the simulated run did not complete".into(), reference_seconds: secs }),
+        Some((_, secs, _)) => {
+            Some(VerifyOutcome { pass: false, message: "FAIL: the simulated run did not complete".into(), reference_seconds: secs })
+        }
         None => None,
     };
     let t0 = records.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);

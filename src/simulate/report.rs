@@ -88,7 +88,8 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[M
                 (gone, gone)
             }
         };
-        let evicted = rec.end.as_ref().is_some_and(|e| e.ending == Ending::Evicted) || (rec.end.is_none() && obs.is_some_and(|o| o.eviction.is_some()));
+        let evicted = rec.end.as_ref().is_some_and(|e| e.ending == Ending::Evicted)
+            || (rec.end.is_none() && obs.is_some_and(|o| o.eviction.is_some()));
         let mine: Vec<&Manifest> = manifests.iter().filter(|m| m.attempt == s.attempt).collect();
         let last_save = mine.iter().map(|m| m.created).fold(train_start, f64::max);
         let work_lost = if evicted { (stopped - last_save).max(0.0) } else { 0.0 };

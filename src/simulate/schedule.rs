@@ -131,11 +131,10 @@ mod tests {
     #[test]
     fn traces_parse_and_junk_is_refused() {
         let t = parse_trace("# a trace\n10 soft\n1m hard\n\n75.5\n").unwrap();
-        assert_eq!(t, vec![
-            Eviction { at: 10.0, kind: Kind::Soft },
-            Eviction { at: 60.0, kind: Kind::Hard },
-            Eviction { at: 75.5, kind: Kind::Soft },
-        ]);
+        assert_eq!(
+            t,
+            vec![Eviction { at: 10.0, kind: Kind::Soft }, Eviction { at: 60.0, kind: Kind::Hard }, Eviction { at: 75.5, kind: Kind::Soft },]
+        );
         assert!(parse_trace("").unwrap_err().contains("no evictions"));
         assert!(parse_trace("PK\u{3}\u{4}binary").unwrap_err().contains("not a time"));
         assert!(parse_trace("10 gentle").unwrap_err().contains("not soft or hard"));

@@ -68,7 +68,11 @@ impl SlotType {
 /// A real printed by ClassAds: `%.16G`, with `.0` when it looks integral.
 fn real(v: f64) -> String {
     let s = format!("{v}");
-    if s.contains('.') || s.contains('e') { s } else { format!("{s}.0") }
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 fn quote(s: &str) -> String {

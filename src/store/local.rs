@@ -119,9 +119,9 @@ fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StoreError::Backend { op: "io", key: String::new(), detail: format!("worker failed: {e}") })
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Backend { op: "io", key: String::new(), detail: format!("worker failed: {e}") }))
 }
 
 #[async_trait]

@@ -37,7 +37,12 @@ pub enum StoreError {
     #[error("{op} {key}: {detail}")]
     Backend { op: &'static str, key: String, detail: String },
     #[error("{op} {key}: {source}")]
-    Io { op: &'static str, key: String, #[source] source: std::io::Error },
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -70,7 +70,9 @@ impl Backend for PelicanBackend {
             Ok(PutResult::Exists { size }) => Err(StoreError::Backend {
                 op: "put",
                 key: key.to_string(),
-                detail: format!("an object of {size} bytes is already there, and Pelican objects are write-once (origins refuse overwrites)"),
+                detail: format!(
+                    "an object of {size} bytes is already there, and Pelican objects are write-once (origins refuse overwrites)"
+                ),
             }),
             Err(e) => Err(self.map_err("put", key, e)),
         }

@@ -48,9 +48,7 @@ or a shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)"
             builder = builder.with_region("us-east-1");
         }
         if !endpoint.is_empty() {
-            builder = builder
-                .with_endpoint(&endpoint)
-                .with_virtual_hosted_style_request(false);
+            builder = builder.with_endpoint(&endpoint).with_virtual_hosted_style_request(false);
         }
         // A job that cannot reach its store should say so in seconds, not after
         // object_store's default three minutes of retries.
@@ -252,15 +250,10 @@ impl std::fmt::Display for S3Backend {
 #[async_trait]
 impl Backend for S3Backend {
     async fn put(&self, key: &str, data: Bytes, create_only: bool) -> Result<PutOutcome> {
-        let opts = PutOptions {
-            mode: if create_only { PutMode::Create } else { PutMode::Overwrite },
-            ..Default::default()
-        };
+        let opts = PutOptions { mode: if create_only { PutMode::Create } else { PutMode::Overwrite }, ..Default::default() };
         match self.inner.put_opts(&self.path(key), PutPayload::from_bytes(data), opts).await {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
-                Ok(PutOutcome::AlreadyExists)
-            }
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExists),
             Err(e) => Err(self.map_err("put", key, e)),
         }
     }
@@ -288,12 +281,7 @@ impl Backend for S3Backend {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let full = self.path(prefix.trim_end_matches('/'));
         let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
-        let metas: Vec<_> = self
-            .inner
-            .list(Some(&full))
-            .try_collect()
-            .await
-            .map_err(|e| self.map_err("list", prefix, e))?;
+        let metas: Vec<_> = self.inner.list(Some(&full)).try_collect().await.map_err(|e| self.map_err("list", prefix, e))?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {

@@ -71,10 +71,7 @@ mod tests {
         assert_eq!(StoreUrl::parse("/data/s").unwrap(), StoreUrl::Dir("/data/s".into()));
         assert_eq!(StoreUrl::parse("rel/s").unwrap(), StoreUrl::Dir("rel/s".into()));
         assert_eq!(StoreUrl::parse("file:///data/s").unwrap(), StoreUrl::Dir("/data/s".into()));
-        assert_eq!(
-            StoreUrl::parse("s3://b/p/q/").unwrap(),
-            StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into() }
-        );
+        assert_eq!(StoreUrl::parse("s3://b/p/q/").unwrap(), StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into() });
         assert_eq!(StoreUrl::parse("s3://b").unwrap(), StoreUrl::S3 { bucket: "b".into(), prefix: "".into() });
     }
 

@@ -81,9 +81,10 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn from_time() -> Rng {
-        let seed = std::env::var("BATON_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        });
+        let seed = std::env::var("BATON_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
         eprintln!("random schedule seed: {seed} (replay with BATON_TEST_SEED={seed})");
         Rng(seed | 1)
     }
@@ -220,7 +221,13 @@ pub fn spawn_run(slot: &Path, store: &str, run_id: &str, env: &[(String, String)
 
 /// Run the trainer under baton, SIGTERM it after each delay in `evict_after` on a new
 /// empty slot, then let a last attempt finish. Returns (final digest, all stderr).
-pub fn run_with_evictions(store: &str, run_id: &str, env: &[(String, String)], trainer_args: &[&str], evict_after: &[f64]) -> (String, String) {
+pub fn run_with_evictions(
+    store: &str,
+    run_id: &str,
+    env: &[(String, String)],
+    trainer_args: &[&str],
+    evict_after: &[f64],
+) -> (String, String) {
     let mut cmd = vec!["python3", trainer().to_str().unwrap()];
     cmd.extend_from_slice(trainer_args);
     let mut logs = String::new();

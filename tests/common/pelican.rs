@@ -22,8 +22,18 @@ pub fn venv_python() -> PathBuf {
 pub fn pelicanfs_python() -> PathBuf {
     let py = venv_python();
     let ok = py.exists()
-        && Command::new(&py).args(["-c", "import pelicanfs"]).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "pelicanfs not importable by {}: run `make venv` (or the tests with `make test`), which installs requirements-test.txt", py.display());
+        && Command::new(&py)
+            .args(["-c", "import pelicanfs"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    assert!(
+        ok,
+        "pelicanfs not importable by {}: run `make venv` (or the tests with `make test`), which installs requirements-test.txt",
+        py.display()
+    );
     py
 }
 
@@ -115,11 +125,17 @@ impl Federation {
                 break serde_json::from_str(&text).expect("ready file is JSON");
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("the Pelican double exited ({status}) before it was ready:\n{}", std::fs::read_to_string(dir.path().join("federation.log")).unwrap_or_default());
+                panic!(
+                    "the Pelican double exited ({status}) before it was ready:\n{}",
+                    std::fs::read_to_string(dir.path().join("federation.log")).unwrap_or_default()
+                );
             }
             if start.elapsed() > Duration::from_secs(20) {
                 let _ = child.kill();
-                panic!("the Pelican double was not ready within 20 s:\n{}", std::fs::read_to_string(dir.path().join("federation.log")).unwrap_or_default());
+                panic!(
+                    "the Pelican double was not ready within 20 s:\n{}",
+                    std::fs::read_to_string(dir.path().join("federation.log")).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -185,7 +201,15 @@ impl Federation {
         self.request_opts(method, url, token, headers, Some(body), true)
     }
 
-    fn request_opts(&self, method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>, chunked: bool) -> Resp {
+    fn request_opts(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        chunked: bool,
+    ) -> Resp {
         let mut c = Command::new(double_python());
         c.arg(double_script()).args(["request", "--ca"]).arg(&self.ca);
         for (k, v) in headers {
@@ -226,7 +250,13 @@ impl Federation {
     /// "count": N, "method": "GET", "path_contains": "...", "server": "origin|cache|federation",
     /// "retry_after": S, "stall_seconds": S}`.
     pub fn set_fault(&self, json: &str) {
-        let r = self.request("POST", &format!("{}/_double/faults", self.federation), None, &[("Content-Type", "application/json")], Some(json.as_bytes()));
+        let r = self.request(
+            "POST",
+            &format!("{}/_double/faults", self.federation),
+            None,
+            &[("Content-Type", "application/json")],
+            Some(json.as_bytes()),
+        );
         assert_eq!(r.status, 200, "arming fault {json} failed: {}", r.text());
     }
 
