@@ -59,7 +59,6 @@ impl Value {
         eval_value(self, &Scope { ad: scope, parent: None }, 0)
     }
 
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -83,7 +82,6 @@ impl Value {
         }
     }
 
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
@@ -91,7 +89,6 @@ impl Value {
         }
     }
 
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn as_list(&self) -> Option<&[Value]> {
         match self {
             Value::List(l) => Some(l),
@@ -166,7 +163,6 @@ pub enum ErrorKind {
 
 impl Ad {
     /// Parse an ad file's text. Blank lines and `#` comment lines are skipped.
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn parse(text: &str) -> (Ad, Vec<LineError>) {
         Self::parse_bytes(text.as_bytes())
     }
@@ -207,12 +203,10 @@ impl Ad {
         self.attrs.insert(attr.name.to_ascii_lowercase(), attr);
     }
 
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn len(&self) -> usize {
         self.attrs.len()
     }
 
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn is_empty(&self) -> bool {
         self.attrs.is_empty()
     }
@@ -232,7 +226,6 @@ impl Ad {
     }
 
     /// The value text as written in the file.
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn raw(&self, name: &str) -> Option<&str> {
         self.attr(name).map(|a| a.raw.as_str())
     }
@@ -259,7 +252,6 @@ impl Ad {
         self.eval(name)?.as_real()
     }
 
-    #[allow(dead_code)] // for tests/classad.rs, which includes this file
     pub fn bool(&self, name: &str) -> Option<bool> {
         self.eval(name)?.as_bool()
     }

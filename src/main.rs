@@ -1,26 +1,8 @@
 //! baton: a checkpoint-aware training-runtime wrapper for preemptible slots.
 
-mod attempt;
-mod capture;
-mod chirp;
-mod chunking;
-mod classad;
 mod cli;
-mod commit;
-mod device;
-mod error;
-mod htcondor;
-mod identity;
-mod manifest;
-mod pelican;
-mod process;
-mod restore;
-mod signals;
-mod simulate;
-mod store;
-mod supervisor;
-mod upload;
-mod verify;
+
+use baton::signals;
 
 fn main() {
     // `baton commit` runs in the trainer's process group, so an eviction signal forwarded

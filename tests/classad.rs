@@ -3,12 +3,9 @@
 //! prints them are read by both, and baton must agree with classad2 on every value
 //! it evaluates. Then `baton run` on sandboxes made of the committed fixtures.
 
-// The parser itself, compiled into this test (baton is a binary, with no library).
-#[path = "../src/classad.rs"]
-mod classad;
 mod common;
 
-use classad::Value;
+use baton::classad::{self, Value};
 use common::*;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};

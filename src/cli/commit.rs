@@ -1,7 +1,7 @@
 //! `baton commit`: called by the trainer to say "this checkpoint is complete".
 
-use crate::commit::{self, Request};
-use crate::error::{usage, ExitCode, Failure};
+use baton::commit::{self, Request};
+use baton::error::{usage, ExitCode, Failure};
 
 /// Tell the supervising `baton run` that the checkpoint directory holds a complete checkpoint.
 #[derive(clap::Args)]
@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    crate::signals::ignore_eviction_signals();
+    baton::signals::ignore_eviction_signals();
     let socket = std::env::var(commit::ENV_SOCKET)
         .ok()
         .filter(|s| !s.is_empty())

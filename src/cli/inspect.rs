@@ -3,12 +3,12 @@
 use serde::Serialize;
 
 use super::StoreArg;
-use crate::attempt::{EndRecord, StartRecord};
-use crate::error::{ExitCode, Failure};
-use crate::identity::RunId;
-use crate::manifest::Manifest;
-use crate::restore::load_manifest;
-use crate::store::Store;
+use baton::attempt::{EndRecord, StartRecord};
+use baton::error::{ExitCode, Failure};
+use baton::identity::RunId;
+use baton::manifest::Manifest;
+use baton::restore::load_manifest;
+use baton::store::Store;
 
 /// Show the runs in a store, the checkpoints and attempts of a run, or one checkpoint's files.
 #[derive(clap::Args)]

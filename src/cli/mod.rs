@@ -11,8 +11,8 @@ mod verify;
 
 use clap::{Parser, Subcommand};
 
-use crate::error::{exit_code_of, usage};
-use crate::store::{Store, StoreUrl};
+use baton::error::{exit_code_of, usage};
+use baton::store::{Store, StoreUrl};
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +65,7 @@ impl StoreArg {
     }
 
     pub fn open(&self) -> anyhow::Result<Store> {
-        let options = crate::store::Options { token_file: self.token_file.clone() };
+        let options = baton::store::Options { token_file: self.token_file.clone() };
         Store::open_with(&self.url()?, &options)
     }
 
@@ -194,6 +194,6 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-pub fn parse_run_id(s: &str) -> Result<crate::identity::RunId, String> {
-    crate::identity::RunId::parse(s)
+pub fn parse_run_id(s: &str) -> Result<baton::identity::RunId, String> {
+    baton::identity::RunId::parse(s)
 }

@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::StoreArg;
-use crate::error::{ExitCode, Failure};
-use crate::identity::RunId;
-use crate::restore::load_manifest;
+use baton::error::{ExitCode, Failure};
+use baton::identity::RunId;
+use baton::restore::load_manifest;
 
 /// Keep the newest N checkpoints of each run (or of RUN), then delete unreferenced chunks.
 #[derive(clap::Args)]
@@ -74,7 +74,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             referenced.extend(m.chunk_hashes().map(str::to_string));
         }
     }
-    let now = crate::attempt::now() as i64;
+    let now = baton::attempt::now() as i64;
     let mut doomed = Vec::new();
     for o in store.list_chunks().await? {
         let Some(hash) = o.key.rsplit('/').next() else { continue };

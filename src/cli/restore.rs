@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use super::StoreArg;
-use crate::error::{usage, ExitCode, Failure};
-use crate::identity::RunId;
-use crate::upload::KnownChunks;
+use baton::error::{usage, ExitCode, Failure};
+use baton::identity::RunId;
+use baton::upload::KnownChunks;
 
 /// Download a checkpoint (default: the newest intact one) into a new or empty directory.
 #[derive(clap::Args)]
@@ -43,13 +43,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let result = async {
         match a.checkpoint {
             Some(seq) => {
-                let m = crate::restore::load_manifest(&store, &a.run, seq).await?;
+                let m = baton::restore::load_manifest(&store, &a.run, seq).await?;
                 let dir = work.join("data");
                 std::fs::create_dir_all(&dir)?;
-                crate::restore::download(&store, &m, &dir, 8, &known).await?;
+                baton::restore::download(&store, &m, &dir, 8, &known).await?;
                 Ok::<_, anyhow::Error>(Some((m, dir)))
             }
-            None => Ok(crate::restore::restore_latest(&store, &a.run, &work, 8, &known).await?.found),
+            None => Ok(baton::restore::restore_latest(&store, &a.run, &work, 8, &known).await?.found),
         }
     }
     .await;
@@ -59,11 +59,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 std::fs::remove_dir(&target)?;
             }
             std::fs::rename(&dir, &target)?;
-            eprintln!("restored {} of run {} ({} files) into {}", crate::supervisor::describe(&m), a.run, m.files.len(), target.display());
+            eprintln!("restored {} of run {} ({} files) into {}", baton::supervisor::describe(&m), a.run, m.files.len(), target.display());
             Ok(0)
         }
         Ok(None) => Err(Failure::new(ExitCode::Damaged, format!("run {} has no intact checkpoint in {}", a.run, store.url())).into()),
-        Err(e) => match e.downcast_ref::<crate::restore::RestoreError>() {
+        Err(e) => match e.downcast_ref::<baton::restore::RestoreError>() {
             Some(r) if !r.is_transport() => Err(Failure::new(ExitCode::Damaged, format!("{e:#}")).into()),
             _ => Err(e),
         },

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::StoreArg;
-use crate::error::usage;
-use crate::htcondor::Sandbox;
-use crate::store::StoreUrl;
-use crate::supervisor::{self, RunConfig};
+use baton::error::usage;
+use baton::htcondor::Sandbox;
+use baton::store::StoreUrl;
+use baton::supervisor::{self, RunConfig};
 
 /// Used when neither the flag nor an HTCondor ad gives a vacate window: the grace period
 /// Slurm (KillWait) and Kubernetes give by default.
@@ -35,7 +35,7 @@ pub struct Args {
     store: StoreArg,
     /// Names the run across restarts [default: $BATON_RUN_ID, else from the HTCondor job ad].
     #[arg(long, value_name = "ID", value_parser = super::parse_run_id)]
-    run_id: Option<crate::identity::RunId>,
+    run_id: Option<baton::identity::RunId>,
     /// Where the command reads and writes its checkpoint files
     /// [default: $_CONDOR_SCRATCH_DIR/checkpoint, else ./checkpoint].
     #[arg(long, value_name = "DIR")]
@@ -53,7 +53,7 @@ pub struct Args {
     trainer_share: f64,
     /// Send this signal to the command instead of the one baton received (e.g. INT for
     /// trainers that save on KeyboardInterrupt).
-    #[arg(long, value_name = "SIGNAL", value_parser = crate::process::parse_signal)]
+    #[arg(long, value_name = "SIGNAL", value_parser = baton::process::parse_signal)]
     forward_signal: Option<nix::sys::signal::Signal>,
     /// Chunks uploaded at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -94,7 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let run = match a.run_id {
         Some(r) => r,
         None => match std::env::var("BATON_RUN_ID").ok().filter(|s| !s.is_empty()) {
-            Some(s) => crate::identity::RunId::parse(&s).map_err(|e| usage(format!("BATON_RUN_ID: {e}")))?,
+            Some(s) => baton::identity::RunId::parse(&s).map_err(|e| usage(format!("BATON_RUN_ID: {e}")))?,
             None => sandbox.run_id().ok_or_else(|| match sandbox.run_id_problem() {
                 Some(problem) => {
                     usage(format!("no run id: {problem}, so baton cannot name the run after the job; pass --run-id ID or set BATON_RUN_ID"))
@@ -149,7 +149,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let (device, device_info) = match a.device {
         Some(d) => (d, None),
         None => {
-            let info = crate::device::detect_info(&sandbox);
+            let info = baton::device::detect_info(&sandbox);
             (info.to_string(), Some(info))
         }
     };
@@ -164,7 +164,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         window_source,
         trainer_share: a.trainer_share,
         forward_signal: a.forward_signal,
-        upload: crate::upload::Settings { concurrency: a.upload_concurrency as usize, zstd_level: a.zstd_level },
+        upload: baton::upload::Settings { concurrency: a.upload_concurrency as usize, zstd_level: a.zstd_level },
         device,
         device_info,
         job_ids: sandbox.job_ids(),

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::StoreArg;
-use crate::error::{usage, ExitCode, Failure};
-use crate::simulate::{self, schedule, slots, Schedule};
-use crate::store::StoreUrl;
+use baton::error::{usage, ExitCode, Failure};
+use baton::simulate::{self, schedule, slots, Schedule};
+use baton::store::StoreUrl;
 
 /// Evict a real training command at random moments on simulated slots and report the cost.
 #[derive(clap::Args)]
@@ -58,7 +58,7 @@ pub struct Args {
     work_dir: Option<PathBuf>,
     /// Use this run id instead of the one derived from the simulated job ad.
     #[arg(long, value_name = "ID", value_parser = super::parse_run_id)]
-    run_id: Option<crate::identity::RunId>,
+    run_id: Option<baton::identity::RunId>,
     /// Stop after this many attempts.
     #[arg(long, value_name = "N", default_value_t = 50)]
     max_attempts: u64,
@@ -105,7 +105,7 @@ impl Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let seed = a.seed.unwrap_or_else(|| crate::attempt::now().to_bits() ^ std::process::id() as u64);
+    let seed = a.seed.unwrap_or_else(|| baton::attempt::now().to_bits() ^ std::process::id() as u64);
     let schedule = match &a.trace {
         Some(path) => {
             let text = std::fs::read(path).map_err(|e| usage(format!("{}: cannot read the trace: {e}", path.display())))?;

@@ -1,8 +1,8 @@
 //! `baton verify`: re-download and re-hash checkpoints.
 
 use super::StoreArg;
-use crate::error::{ExitCode, Failure};
-use crate::identity::RunId;
+use baton::error::{ExitCode, Failure};
+use baton::identity::RunId;
 
 /// Re-download and re-hash every chunk and file of a checkpoint, a run, or the whole store.
 #[derive(clap::Args)]
@@ -27,7 +27,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         Some(r) => vec![r.clone()],
         None => store.list_runs().await?,
     };
-    let mut report = crate::verify::Report::default();
+    let mut report = baton::verify::Report::default();
     for run in &runs {
         let seqs = match a.checkpoint {
             Some(s) => vec![s],
@@ -37,7 +37,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             return Err(Failure::new(ExitCode::Usage, format!("run {run} has no checkpoints in {}", store.url())).into());
         }
         for seq in seqs {
-            crate::verify::checkpoint(&store, run, seq, 8, &mut report).await?;
+            baton::verify::checkpoint(&store, run, seq, 8, &mut report).await?;
         }
     }
     if a.json {

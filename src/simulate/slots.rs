@@ -80,7 +80,6 @@ fn quote(s: &str) -> String {
 }
 
 /// The ads are kept for the tests and the work directory; `baton run` reads the files.
-#[cfg_attr(not(test), allow(dead_code))]
 pub struct Slot {
     pub machine_ad: String,
     pub job_ad: String,

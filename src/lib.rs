@@ -1,0 +1,25 @@
+//! baton's engine: restore, capture, upload, eviction handling and the store, as a
+//! library. The `baton` binary (`src/main.rs`, `src/cli/`) is a thin face over it: it
+//! turns flags into calls and results into text, JSON and exit codes. Nothing here
+//! prints to stdout.
+
+pub mod attempt;
+pub mod capture;
+pub mod chirp;
+pub mod chunking;
+pub mod classad;
+pub mod commit;
+pub mod device;
+pub mod error;
+pub mod htcondor;
+pub mod identity;
+pub mod manifest;
+pub mod pelican;
+pub mod process;
+pub mod restore;
+pub mod signals;
+pub mod simulate;
+pub mod store;
+pub mod supervisor;
+pub mod upload;
+pub mod verify;
