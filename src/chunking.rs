@@ -26,6 +26,13 @@ const MIN_SAVING_DIVISOR: usize = 8;
 /// stored raw without spending a whole-chunk compression on it.
 const SAMPLE: usize = 64 * 1024;
 
+/// The most bytes a stored chunk of `size` uncompressed bytes may take: raw, or a zstd
+/// frame of data that did not compress (frame and block headers). Reads of untrusted
+/// stores refuse anything larger before allocating it.
+pub fn max_stored_size(size: u64) -> u64 {
+    size + size / 16 + 4096
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

@@ -11,6 +11,7 @@ pub mod classad;
 pub mod commit;
 pub mod device;
 pub mod error;
+pub mod format;
 pub mod htcondor;
 pub mod identity;
 pub mod manifest;

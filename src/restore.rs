@@ -14,8 +14,8 @@ use crate::capture::join_inside;
 use crate::chunking;
 use crate::identity::RunId;
 use crate::manifest::{FileEntry, Manifest};
+use crate::store::KnownChunks;
 use crate::store::{Store, StoreError};
-use crate::upload::KnownChunks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -60,13 +60,8 @@ pub async fn load_manifest(store: &Store, run: &RunId, seq: u64) -> Result<Manif
     Manifest::from_store(&bytes, run.as_str(), seq).map_err(|e| wrap(e.into()))
 }
 
-/// Allowance for zstd framing on top of a chunk's size when reading it.
-fn stored_limit(size: u64) -> u64 {
-    size + size / 16 + 4096
-}
-
 async fn fetch_chunk(store: &Store, hash: String, size: u64) -> anyhow::Result<Vec<u8>> {
-    let stored = store.get_chunk(&hash, stored_limit(size)).await?;
+    let stored = store.get_chunk(&hash, chunking::max_stored_size(size)).await?;
     Ok(tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size)).await??)
 }
 

@@ -24,12 +24,14 @@ use crate::capture::{self, Snapshot};
 use crate::chirp::{self, Chirp};
 use crate::commit;
 use crate::error::{ExitCode, Failure};
+use crate::format;
 use crate::identity::RunId;
 use crate::manifest::{JobIds, Manifest, Reason};
 use crate::process::{self, Exit};
 use crate::restore;
+use crate::store::KnownChunks;
 use crate::store::{Store, StoreError};
-use crate::upload::{self, CommitInfo, KnownChunks};
+use crate::upload::{self, CommitInfo};
 
 /// How long baton waits at exit for the last progress to reach the job ad.
 const CHIRP_EXIT_WAIT: Duration = Duration::from_secs(1);
@@ -179,33 +181,6 @@ fn superseded(done_tx: &mpsc::UnboundedSender<Done>, seq: u64, action: &str) {
     let _ = done_tx.send((seq, Err((SUPERSEDED.into(), false))));
 }
 
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
-
-pub fn describe(m: &Manifest) -> String {
-    let mut s = format!("checkpoint {}", m.seq);
-    if let Some(e) = m.epoch {
-        s.push_str(&format!(" (epoch {e}"));
-        if let Some(st) = m.step {
-            s.push_str(&format!(", step {st}"));
-        }
-        s.push(')');
-    }
-    s
-}
-
 enum Phase {
     Running,
     Draining { since: Instant, at: f64, signal: i32, killed: bool },
@@ -294,7 +269,7 @@ impl Supervisor {
                     "captured checkpoint {seq} ({reason}{}): {} files, {} in {:.2} s",
                     req.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default(),
                     snap.files.len(),
-                    human_bytes(snap.logical_bytes()),
+                    format::bytes(snap.logical_bytes()),
                     snap.seconds
                 );
                 self.last_stamps = Some((seq, snap.stamps.clone()));
@@ -338,10 +313,10 @@ impl Supervisor {
                 let rate = if s.upload_seconds > 0.0 { s.logical_bytes as f64 / s.upload_seconds / 1e6 } else { 0.0 };
                 tracing::info!(
                     "{} is durable: {} logical, {} new, {} stored, uploaded in {:.2} s ({rate:.0} MB/s)",
-                    describe(&m),
-                    human_bytes(s.logical_bytes),
-                    human_bytes(s.new_bytes),
-                    human_bytes(s.stored_bytes),
+                    format::checkpoint(&m),
+                    format::bytes(s.logical_bytes),
+                    format::bytes(s.new_bytes),
+                    format::bytes(s.stored_bytes),
                     s.upload_seconds
                 );
                 self.durable.push(seq);
@@ -424,10 +399,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         install(tmp, &cfg.dir, &state_dir)?;
         tracing::info!(
             "restored {} of run {} into {} ({}, written on {}) in {:.2} s",
-            describe(m),
+            format::checkpoint(m),
             cfg.run,
             cfg.dir.display(),
-            human_bytes(m.logical_bytes()),
+            format::bytes(m.logical_bytes()),
             m.device,
             restored.seconds
         );

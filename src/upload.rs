@@ -7,16 +7,15 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::attempt::Attempt;
 use crate::capture::Snapshot;
 use crate::chunking;
 use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
-use crate::store::{PutOutcome, Store};
+use crate::store::{KnownChunks, PutOutcome, Store};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -27,21 +26,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings { concurrency: 8, zstd_level: 1 }
-    }
-}
-
-/// Chunks this process knows are durable in the store: skip even the HEAD for them.
-#[derive(Default, Clone)]
-pub struct KnownChunks(Arc<Mutex<HashSet<String>>>);
-
-impl KnownChunks {
-    pub fn contains(&self, h: &str) -> bool {
-        self.0.lock().map(|s| s.contains(h)).unwrap_or(false)
-    }
-    pub fn insert(&self, h: String) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(h);
-        }
     }
 }
 

@@ -30,7 +30,7 @@ pub struct Report {
 
 /// `Err(Ok(problem))`: the chunk is damaged or missing. `Err(Err(e))`: the store failed.
 async fn fetch(store: &Store, hash: String, size: u64) -> Result<Vec<u8>, Result<String, StoreError>> {
-    let stored = match store.get_chunk(&hash, size + size / 16 + 4096).await {
+    let stored = match store.get_chunk(&hash, chunking::max_stored_size(size)).await {
         Ok(b) => b,
         Err(e) if crate::restore::is_transport(&e) => return Err(Err(e)),
         Err(e) => return Err(Ok(e.to_string())),

@@ -5,6 +5,7 @@ use serde::Serialize;
 use super::StoreArg;
 use baton::attempt::{EndRecord, StartRecord};
 use baton::error::{ExitCode, Failure};
+use baton::format;
 use baton::identity::RunId;
 use baton::manifest::Manifest;
 use baton::restore::load_manifest;
@@ -56,26 +57,6 @@ struct RunDetail {
     run_id: String,
     checkpoints: Vec<CheckpointRow>,
     attempts: Vec<AttemptRow>,
-}
-
-pub fn fmt_time(unix: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-pub fn fmt_bytes(n: u64) -> String {
-    let units = ["B", "K", "M", "G", "T"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", units[i])
-    }
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -152,11 +133,11 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
                 opt(m.epoch),
                 opt(m.step),
                 m.reason.to_string(),
-                fmt_time(m.created),
+                format::time(m.created),
                 m.device,
-                fmt_bytes(m.sizes.logical_bytes),
-                fmt_bytes(m.sizes.new_bytes),
-                fmt_bytes(m.sizes.stored_bytes)
+                format::bytes_short(m.sizes.logical_bytes),
+                format::bytes_short(m.sizes.new_bytes),
+                format::bytes_short(m.sizes.stored_bytes)
             ),
             None => println!("{:>5} DAMAGED: {}", c.seq, c.error.as_deref().unwrap_or("")),
         }
@@ -167,7 +148,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
     );
     for a in &detail.attempts {
         let (host, started, device, restored) = match &a.start {
-            Some(s) => (s.host.clone(), fmt_time(s.started), s.device.clone(), opt(s.restored_seq)),
+            Some(s) => (s.host.clone(), format::time(s.started), s.device.clone(), opt(s.restored_seq)),
             None => ("?".into(), "?".into(), "?".into(), "?".into()),
         };
         let (ending, status, commits) = match &a.end {
@@ -190,7 +171,7 @@ async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> an
         return Ok(0);
     }
     println!("run {} checkpoint {} ({}), attempt {}", m.run_id, m.seq, m.reason, m.attempt);
-    println!("  created  {}", fmt_time(m.created));
+    println!("  created  {}", format::time(m.created));
     println!("  epoch    {}   step {}", opt(m.epoch), opt(m.step));
     for (k, v) in &m.meta {
         println!("  meta     {k}={v}");
@@ -208,9 +189,9 @@ async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> an
     let s = &m.sizes;
     println!(
         "  sizes    {} logical, {} new, {} stored; capture {:.2} s, upload {:.2} s",
-        fmt_bytes(s.logical_bytes),
-        fmt_bytes(s.new_bytes),
-        fmt_bytes(s.stored_bytes),
+        format::bytes_short(s.logical_bytes),
+        format::bytes_short(s.new_bytes),
+        format::bytes_short(s.stored_bytes),
         s.capture_seconds,
         s.upload_seconds
     );

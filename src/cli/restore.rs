@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::StoreArg;
 use baton::error::{usage, ExitCode, Failure};
 use baton::identity::RunId;
-use baton::upload::KnownChunks;
+use baton::store::KnownChunks;
 
 /// Download a checkpoint (default: the newest intact one) into a new or empty directory.
 #[derive(clap::Args)]
@@ -59,7 +59,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 std::fs::remove_dir(&target)?;
             }
             std::fs::rename(&dir, &target)?;
-            eprintln!("restored {} of run {} ({} files) into {}", baton::supervisor::describe(&m), a.run, m.files.len(), target.display());
+            eprintln!("restored {} of run {} ({} files) into {}", baton::format::checkpoint(&m), a.run, m.files.len(), target.display());
             Ok(0)
         }
         Ok(None) => Err(Failure::new(ExitCode::Damaged, format!("run {} has no intact checkpoint in {}", a.run, store.url())).into()),

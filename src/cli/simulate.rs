@@ -180,7 +180,6 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
 }
 
 fn print_report(r: &simulate::Report) {
-    use super::inspect::fmt_bytes;
     println!("run {} (seed {}), store {}", r.run_id, r.seed, r.store);
     println!(
         "\n{:>3} {:<15} {:<24} {:>7} {:>7} {:<16} {:>9} {:>10} {:>8} {:>8} {:>8}",
@@ -221,9 +220,9 @@ fn print_report(r: &simulate::Report) {
         "restore {:.2} s, flush {:.2} s in all; {} logical, {} new, {} uploaded",
         t.restore_seconds,
         t.flush_seconds,
-        fmt_bytes(t.logical_bytes),
-        fmt_bytes(t.new_bytes),
-        fmt_bytes(t.stored_bytes)
+        baton::format::bytes_short(t.logical_bytes),
+        baton::format::bytes_short(t.new_bytes),
+        baton::format::bytes_short(t.stored_bytes)
     );
     if let Some(f) = &r.failure {
         println!("\n{f}");

@@ -2,11 +2,13 @@
 //! everything speaks kinds and ids (`Store`): chunks by hash, manifests by (run, seq),
 //! attempt records by (run, n). Nothing above this module builds a key by hand.
 
+mod known;
 mod local;
 mod pelican;
 mod s3;
 mod url;
 
+pub use self::known::KnownChunks;
 pub use self::url::StoreUrl;
 
 use async_trait::async_trait;
