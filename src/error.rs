@@ -1,17 +1,22 @@
-//! baton's own exit codes. Codes of the trainer pass through unchanged, so baton's
-//! failures use values a trainer is unlikely to return and that HTCondor users can
-//! grep for in a job log.
+//! What kind of failure an engine error is, and the exit codes baton documents for each.
+//!
+//! Every engine error type says its kind (`Classify`), as rustic_core's errors do; the
+//! CLI walks an error chain and turns the first kind it finds into an exit status. One
+//! notion of "transient" (trying again later may work) serves restore, verify, upload and
+//! the Pelican client. This module sits at the bottom: it imports nothing of the crate.
 
 use std::fmt;
 
-/// Exit codes baton itself returns (documented in docs/exit-codes.md).
+/// Exit codes baton itself returns (documented in docs/exit-codes.md). Codes of the
+/// trainer pass through unchanged, so baton's own failures use values a trainer is
+/// unlikely to return and that HTCondor users can grep for in a job log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
     /// Bad command line, bad URL, bad run id: nothing was started.
     Usage = 2,
-    /// The store could not be reached, refused the credentials, or holds damage.
+    /// The store could not be reached or refused the credentials.
     Store = 70,
-    /// `verify` found damaged or missing objects.
+    /// Damaged or missing objects: `verify` found some, or no intact checkpoint exists.
     Damaged = 71,
     /// A checkpoint could not be captured or made durable (commit failed loudly).
     Checkpoint = 72,
@@ -23,17 +28,66 @@ pub enum ExitCode {
     NotFound = 127,
 }
 
-/// An error that knows which exit code it maps to. Everything else exits `Store`'s
-/// neighbour: 1 (generic failure).
+/// What went wrong, as far as the caller's next step is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The command line, a URL, a credential file or the environment is wrong; fix it.
+    Usage,
+    /// The store did not answer usefully (unreachable, outage, reset): trying again
+    /// later may work, and it says nothing about the checkpoint itself.
+    Transient,
+    /// The store refused (credentials, permissions, an answer baton cannot use):
+    /// retrying will not help until someone acts.
+    Permanent,
+    /// What the store holds is damaged or missing: fall back, repair or re-upload.
+    Integrity,
+    /// A checkpoint could not be captured or made durable.
+    Checkpoint,
+    /// Another writer owns what this one tried to write.
+    Conflict,
+    /// The training command was not found.
+    CommandNotFound,
+    /// The training command was found but could not be executed.
+    CommandNotExecutable,
+}
+
+impl ErrorKind {
+    pub fn is_transient(self) -> bool {
+        self == ErrorKind::Transient
+    }
+
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            ErrorKind::Usage => ExitCode::Usage,
+            ErrorKind::Transient | ErrorKind::Permanent => ExitCode::Store,
+            ErrorKind::Integrity => ExitCode::Damaged,
+            ErrorKind::Checkpoint => ExitCode::Checkpoint,
+            ErrorKind::Conflict => ExitCode::Conflict,
+            ErrorKind::CommandNotFound => ExitCode::NotFound,
+            ErrorKind::CommandNotExecutable => ExitCode::NotExecutable,
+        }
+    }
+}
+
+/// An error that knows its kind.
+pub trait Classify {
+    fn kind(&self) -> ErrorKind;
+
+    fn is_transient(&self) -> bool {
+        self.kind().is_transient()
+    }
+}
+
+/// An error whose message says the whole story, with its kind.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: ExitCode,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
 impl Failure {
-    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure { kind, message: message.into() }
     }
 }
 
@@ -45,28 +99,38 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Shorthand for a usage error at the edges.
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    Failure::new(ExitCode::Usage, message).into()
+impl Classify for Failure {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
 }
 
-/// The exit code for an error chain: the first `Failure` or `StoreError` found decides.
-pub fn exit_code_of(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
-            return f.code as i32;
-        }
-        if let Some(r) = cause.downcast_ref::<crate::restore::RestoreError>() {
-            if !r.is_transport() {
-                return ExitCode::Damaged as i32;
-            }
-        }
-        if let Some(s) = cause.downcast_ref::<crate::store::StoreError>() {
-            return match s {
-                crate::store::StoreError::Conflict { .. } => ExitCode::Conflict as i32,
-                _ => ExitCode::Store as i32,
-            };
-        }
+/// Shorthand for a usage error at the edges.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Failure::new(ErrorKind::Usage, message).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_the_documented_exit_codes() {
+        let codes: Vec<i32> = [
+            ErrorKind::Usage,
+            ErrorKind::Transient,
+            ErrorKind::Permanent,
+            ErrorKind::Integrity,
+            ErrorKind::Checkpoint,
+            ErrorKind::Conflict,
+            ErrorKind::CommandNotExecutable,
+            ErrorKind::CommandNotFound,
+        ]
+        .iter()
+        .map(|k| k.exit_code() as i32)
+        .collect();
+        assert_eq!(codes, [2, 70, 70, 71, 72, 73, 126, 127]);
+        assert!(ErrorKind::Transient.is_transient());
+        assert!(!ErrorKind::Permanent.is_transient());
     }
-    1
 }

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use crate::capture::join_inside;
 use crate::chunking;
+use crate::error::{Classify, ErrorKind, Failure};
 use crate::identity::RunId;
 use crate::manifest::{FileEntry, Manifest};
-use crate::store::KnownChunks;
-use crate::store::{Store, StoreError};
+use crate::store::{KnownChunks, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -38,18 +38,14 @@ pub enum RestoreError {
     },
 }
 
-/// Errors that say nothing about the checkpoint itself, only about reaching the store.
-pub fn is_transport(e: &StoreError) -> bool {
-    !matches!(e, StoreError::NotFound { .. } | StoreError::TooLarge { .. })
-}
-
-impl RestoreError {
-    /// True when the store could not be asked; the checkpoint may be fine.
-    pub fn is_transport(&self) -> bool {
+impl Classify for RestoreError {
+    /// `Integrity` when the checkpoint itself is damaged (fall back to an older one);
+    /// anything else says only that the store could not be asked.
+    fn kind(&self) -> ErrorKind {
         match self {
-            RestoreError::Unavailable { .. } => true,
-            RestoreError::Manifest { source, .. } => source.downcast_ref::<StoreError>().is_some_and(is_transport),
-            RestoreError::File { .. } => false,
+            RestoreError::Unavailable { source, .. } => source.kind(),
+            RestoreError::Manifest { source, .. } => source.downcast_ref::<StoreError>().map_or(ErrorKind::Integrity, |e| e.kind()),
+            RestoreError::File { .. } => ErrorKind::Integrity,
         }
     }
 }
@@ -60,11 +56,76 @@ pub async fn load_manifest(store: &Store, run: &RunId, seq: u64) -> Result<Manif
     Manifest::from_store(&bytes, run.as_str(), seq).map_err(|e| wrap(e.into()))
 }
 
-async fn fetch_chunk(store: &Store, hash: String, size: u64) -> anyhow::Result<Vec<u8>> {
-    let stored = store.get_chunk(&hash, chunking::max_stored_size(size)).await?;
-    Ok(tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size)).await??)
+/// One chunk, bounded by its size before it is read, decoded and checked against its hash.
+async fn fetch_chunk(store: &Store, seq: u64, path: &str, hash: String, size: u64) -> Result<Vec<u8>, RestoreError> {
+    let err = |detail: String| RestoreError::File { seq, path: path.to_string(), detail };
+    let stored = match store.get_chunk(&hash, chunking::max_stored_size(size)).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::Integrity => return Err(err(e.to_string())),
+        Err(e) => return Err(RestoreError::Unavailable { seq, source: e }),
+    };
+    match tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size)).await {
+        Ok(Ok(data)) => Ok(data),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Err(e) => Err(err(format!("decoding failed: {e}"))),
+    }
 }
 
+/// The read pipeline every reader shares (restore writes the bytes to a file, verify
+/// discards them): fetch and decode up to `concurrency` chunks at once, in order, while
+/// one blocking thread hashes the file and hands its bytes to `out`. The file's size
+/// and sha256 must match the manifest.
+async fn read_file<W: Write + Send + 'static>(
+    store: &Store,
+    seq: u64,
+    f: &FileEntry,
+    out: W,
+    concurrency: usize,
+    known: &KnownChunks,
+) -> Result<W, RestoreError> {
+    let err = |detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(concurrency.max(1));
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, W)> {
+        let mut out = out;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        while let Some(data) = rx.blocking_recv() {
+            hasher.update(&data);
+            out.write_all(&data)?;
+            written += data.len() as u64;
+        }
+        Ok((written, hex::encode(hasher.finalize()), out))
+    });
+    let mut fetches = futures::stream::iter(f.chunks.iter().cloned())
+        .map(|c| fetch_chunk(store, seq, &f.path, c.hash, c.size))
+        .buffered(concurrency.max(1));
+    let mut i = 0;
+    let mut fetched = Ok(());
+    while let Some(chunk) = fetches.next().await {
+        let data = match chunk {
+            Ok(d) => d,
+            Err(e) => {
+                fetched = Err(e);
+                break;
+            }
+        };
+        known.insert(f.chunks[i].hash.clone());
+        i += 1;
+        if tx.send(data).await.is_err() {
+            break; // the writer failed; its error is reported below
+        }
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()));
+    fetched?;
+    let (written, digest, out) = written?;
+    if written != f.size || digest != f.sha256 {
+        return Err(err(format!("restored file has {written} bytes and sha256 {digest}; manifest says {} bytes and {}", f.size, f.sha256)));
+    }
+    Ok(out)
+}
+
+/// Create `f` inside `target` (never outside it, never through a link) and fill it.
 async fn write_file(
     store: &Store,
     seq: u64,
@@ -83,57 +144,21 @@ async fn write_file(
             return Err(err("parent directory resolves outside the target".into()));
         }
     }
-    let mut out = std::fs::OpenOptions::new()
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&path)
         .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
-    // Hashing and writing the file happen on their own thread, so they overlap with
-    // fetching and decoding the next chunks instead of stalling the runtime.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(concurrency.max(1));
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, std::fs::File)> {
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        while let Some(data) = rx.blocking_recv() {
-            hasher.update(&data);
-            out.write_all(&data)?;
-            written += data.len() as u64;
-        }
-        Ok((written, hex::encode(hasher.finalize()), out))
-    });
-    let mut fetches =
-        futures::stream::iter(f.chunks.iter().cloned()).map(|c| fetch_chunk(store, c.hash, c.size)).buffered(concurrency.max(1));
-    let mut i = 0;
-    let mut fetched = Ok(());
-    while let Some(chunk) = fetches.next().await {
-        let data = match chunk {
-            Ok(d) => d,
-            Err(e) => {
-                fetched = Err(match e.downcast::<StoreError>() {
-                    Ok(se) if is_transport(&se) => RestoreError::Unavailable { seq, source: se },
-                    Ok(se) => err(se.to_string()),
-                    Err(e) => err(format!("{e:#}")),
-                });
-                break;
-            }
-        };
-        known.insert(f.chunks[i].hash.clone());
-        i += 1;
-        if tx.send(data).await.is_err() {
-            break; // the writer failed; its error is reported below
-        }
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()));
-    fetched?;
-    let (written, digest, out) = written?;
-    if written != f.size || digest != f.sha256 {
-        return Err(err(format!("restored file has {written} bytes and sha256 {digest}; manifest says {} bytes and {}", f.size, f.sha256)));
-    }
+    let out = read_file(store, seq, f, out, concurrency, known).await?;
     out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+/// Read every chunk of `f` back and check it, as a restore would, writing nothing.
+pub async fn check_file(store: &Store, seq: u64, f: &FileEntry, concurrency: usize) -> Result<(), RestoreError> {
+    read_file(store, seq, f, std::io::sink(), concurrency, &KnownChunks::default()).await.map(drop)
 }
 
 /// Write every file of `m` into `target`, an empty directory this process created.
@@ -178,7 +203,7 @@ pub async fn restore_latest(store: &Store, run: &RunId, work: &Path, concurrency
                 let _ = std::fs::remove_dir_all(&dir);
                 // A store that cannot be reached is not a damaged checkpoint: stop
                 // rather than silently fall back to older work.
-                if e.is_transport() {
+                if e.kind() != ErrorKind::Integrity {
                     return Err(anyhow::Error::from(e));
                 }
                 tracing::warn!("SKIPPING DAMAGED CHECKPOINT {seq} of run {run}: {e:#}; falling back to the previous one");
@@ -190,4 +215,55 @@ pub async fn restore_latest(store: &Store, run: &RunId, work: &Path, concurrency
         tracing::warn!("no intact checkpoint left for run {run}; {} damaged ones skipped, starting fresh", skipped.len());
     }
     Ok(Restored { found: None, skipped, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// Put a restored directory in place of `target`. An empty directory there is replaced;
+/// anything else is moved to `displaced` (never deleted) or, with no place to move it
+/// to, refused.
+pub fn put_in_place(restored: &Path, target: &Path, displaced: Option<&Path>) -> anyhow::Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(target) {
+        let empty = meta.is_dir() && std::fs::read_dir(target).map(|mut d| d.next().is_none()).unwrap_or(false);
+        match (empty, displaced) {
+            (true, _) => std::fs::remove_dir(target)?,
+            (false, Some(aside)) => {
+                let _ = std::fs::remove_dir_all(aside);
+                std::fs::rename(target, aside)?;
+                tracing::warn!("{} was not empty; its old contents were moved to {}", target.display(), aside.display());
+            }
+            (false, None) => anyhow::bail!("{} exists and is not an empty directory", target.display()),
+        }
+    }
+    std::fs::rename(restored, target).map_err(|e| anyhow::anyhow!("cannot move the restored checkpoint into {}: {e}", target.display()))
+}
+
+/// `baton restore`: checkpoint `seq` (else the newest intact one) of `run` into `target`,
+/// a new or empty directory. The download goes next to it and is renamed into place, so
+/// a failed restore leaves nothing behind.
+pub async fn restore_into(store: &Store, run: &RunId, seq: Option<u64>, target: &Path, concurrency: usize) -> anyhow::Result<Manifest> {
+    let parent = target.parent().ok_or_else(|| crate::error::usage("--to must name a directory"))?;
+    std::fs::create_dir_all(parent)?;
+    let work = parent.join(format!(".baton-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let known = KnownChunks::default();
+    let found = async {
+        match seq {
+            Some(seq) => {
+                let m = load_manifest(store, run, seq).await?;
+                let dir = work.join("data");
+                std::fs::create_dir_all(&dir)?;
+                download(store, &m, &dir, concurrency, &known).await?;
+                Ok::<_, anyhow::Error>(Some((m, dir)))
+            }
+            None => Ok(restore_latest(store, run, &work, concurrency, &known).await?.found),
+        }
+    }
+    .await;
+    let placed = match found {
+        Ok(Some((m, dir))) => put_in_place(&dir, target, None).map(|()| m),
+        Ok(None) => Err(Failure::new(ErrorKind::Integrity, format!("run {run} has no intact checkpoint in {}", store.url())).into()),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    placed
 }

@@ -23,7 +23,7 @@ use crate::attempt::{self, Attempt, EndRecord, Ending, StartRecord};
 use crate::capture::{self, Snapshot};
 use crate::chirp::{self, Chirp};
 use crate::commit;
-use crate::error::{ExitCode, Failure};
+use crate::error::{ErrorKind, ExitCode, Failure};
 use crate::format;
 use crate::identity::RunId;
 use crate::manifest::{JobIds, Manifest, Reason};
@@ -533,7 +533,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
             Some(done) = done_rx.recv() => {
                 sv.on_upload_done(done);
                 match &sv.conflict {
-                    Some(e) => break Err(Failure::new(ExitCode::Conflict, format!("stopping: {e}")).into()),
+                    Some(e) => break Err(Failure::new(ErrorKind::Conflict, format!("stopping: {e}")).into()),
                     None => continue,
                 }
             }
@@ -650,8 +650,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
 
 fn spawn_failure(e: process::SpawnError) -> anyhow::Error {
     let code = match e {
-        process::SpawnError::NotFound(_) => ExitCode::NotFound,
-        _ => ExitCode::NotExecutable,
+        process::SpawnError::NotFound(_) => ErrorKind::CommandNotFound,
+        _ => ErrorKind::CommandNotExecutable,
     };
     Failure::new(code, e.to_string()).into()
 }

@@ -1,7 +1,7 @@
 //! `baton commit`: called by the trainer to say "this checkpoint is complete".
 
 use baton::commit::{self, Request};
-use baton::error::{usage, ExitCode, Failure};
+use baton::error::{usage, ErrorKind, Failure};
 
 /// Tell the supervising `baton run` that the checkpoint directory holds a complete checkpoint.
 #[derive(clap::Args)]
@@ -32,6 +32,6 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         tracing::debug!("committed checkpoint {}", reply.seq.unwrap_or(0));
         Ok(0)
     } else {
-        Err(Failure::new(ExitCode::Checkpoint, format!("commit failed: {}", reply.error.unwrap_or_default())).into())
+        Err(Failure::new(ErrorKind::Checkpoint, format!("commit failed: {}", reply.error.unwrap_or_default())).into())
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::StoreArg;
 use baton::attempt::{EndRecord, StartRecord};
-use baton::error::{ExitCode, Failure};
+use baton::error::{ErrorKind, Failure};
 use baton::format;
 use baton::identity::RunId;
 use baton::manifest::Manifest;
@@ -106,7 +106,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
     let seqs = store.list_manifests(run).await?;
     let attempts = attempts(store, run).await?;
     if seqs.is_empty() && attempts.is_empty() {
-        return Err(Failure::new(ExitCode::Usage, format!("no run {run} in {}; `baton inspect` lists the runs", store.url())).into());
+        return Err(Failure::new(ErrorKind::Usage, format!("no run {run} in {}; `baton inspect` lists the runs", store.url())).into());
     }
     let mut checkpoints = Vec::new();
     for seq in seqs {
@@ -165,7 +165,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
 }
 
 async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> anyhow::Result<i32> {
-    let m = load_manifest(store, run, seq).await.map_err(|e| Failure::new(ExitCode::Store, format!("{e:#}")))?;
+    let m = load_manifest(store, run, seq).await.map_err(|e| Failure::new(ErrorKind::Permanent, format!("{e:#}")))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(0);

@@ -2,6 +2,7 @@
 //! only this module talks to the user.
 
 mod commit;
+mod exit;
 mod inspect;
 mod prune;
 mod restore;
@@ -11,7 +12,7 @@ mod verify;
 
 use clap::{Parser, Subcommand};
 
-use baton::error::{exit_code_of, usage};
+use baton::error::usage;
 use baton::store::{Store, StoreUrl};
 
 #[derive(Parser)]
@@ -180,7 +181,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton: error: {e:#}");
-            exit_code_of(&e)
+            exit::code_of(&e)
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::StoreArg;
-use baton::error::{ExitCode, Failure};
+use baton::error::{ErrorKind, Failure};
 use baton::identity::RunId;
 use baton::restore::load_manifest;
 
@@ -67,7 +67,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             }
             let m = load_manifest(&store, run, seq).await.map_err(|e| {
                 Failure::new(
-                    ExitCode::Damaged,
+                    ErrorKind::Integrity,
                     format!("{e:#}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)"),
                 )
             })?;

@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use super::StoreArg;
-use baton::error::{usage, ExitCode, Failure};
+use baton::error::usage;
 use baton::identity::RunId;
-use baton::store::KnownChunks;
 
 /// Download a checkpoint (default: the newest intact one) into a new or empty directory.
 #[derive(clap::Args)]
@@ -33,41 +32,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             return Err(usage(format!("{} exists and is not an empty directory; restore into a new directory", target.display())));
         }
     }
-    // Download next to the target, then rename: a failed restore leaves nothing behind.
-    let parent = target.parent().ok_or_else(|| usage("--to must name a directory"))?;
-    std::fs::create_dir_all(parent)?;
-    let work = parent.join(format!(".baton-restore-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let known = KnownChunks::default();
-    let result = async {
-        match a.checkpoint {
-            Some(seq) => {
-                let m = baton::restore::load_manifest(&store, &a.run, seq).await?;
-                let dir = work.join("data");
-                std::fs::create_dir_all(&dir)?;
-                baton::restore::download(&store, &m, &dir, 8, &known).await?;
-                Ok::<_, anyhow::Error>(Some((m, dir)))
-            }
-            None => Ok(baton::restore::restore_latest(&store, &a.run, &work, 8, &known).await?.found),
-        }
-    }
-    .await;
-    let outcome = match result {
-        Ok(Some((m, dir))) => {
-            if target.exists() {
-                std::fs::remove_dir(&target)?;
-            }
-            std::fs::rename(&dir, &target)?;
-            eprintln!("restored {} of run {} ({} files) into {}", baton::format::checkpoint(&m), a.run, m.files.len(), target.display());
-            Ok(0)
-        }
-        Ok(None) => Err(Failure::new(ExitCode::Damaged, format!("run {} has no intact checkpoint in {}", a.run, store.url())).into()),
-        Err(e) => match e.downcast_ref::<baton::restore::RestoreError>() {
-            Some(r) if !r.is_transport() => Err(Failure::new(ExitCode::Damaged, format!("{e:#}")).into()),
-            _ => Err(e),
-        },
-    };
-    let _ = std::fs::remove_dir_all(&work);
-    outcome
+    let m = baton::restore::restore_into(&store, &a.run, a.checkpoint, &target, 8).await?;
+    eprintln!("restored {} of run {} ({} files) into {}", baton::format::checkpoint(&m), a.run, m.files.len(), target.display());
+    Ok(0)
 }

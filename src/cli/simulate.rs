@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::StoreArg;
-use baton::error::{usage, ExitCode, Failure};
+use baton::error::{usage, ErrorKind, ExitCode, Failure};
 use baton::simulate::{self, schedule, slots, Schedule};
 use baton::store::StoreUrl;
 
@@ -171,7 +171,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     if let Some(f) = &report.failure {
-        return Err(Failure::new(ExitCode::Checkpoint, f.clone()).into());
+        return Err(Failure::new(ErrorKind::Checkpoint, f.clone()).into());
     }
     Ok(match &report.verify {
         Some(v) if !v.pass => ExitCode::Damaged as i32,

@@ -1,7 +1,7 @@
 //! `baton verify`: re-download and re-hash checkpoints.
 
 use super::StoreArg;
-use baton::error::{ExitCode, Failure};
+use baton::error::{ErrorKind, ExitCode, Failure};
 use baton::identity::RunId;
 
 /// Re-download and re-hash every chunk and file of a checkpoint, a run, or the whole store.
@@ -34,7 +34,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             None => store.list_manifests(run).await?,
         };
         if seqs.is_empty() && a.run.is_some() {
-            return Err(Failure::new(ExitCode::Usage, format!("run {run} has no checkpoints in {}", store.url())).into());
+            return Err(Failure::new(ErrorKind::Usage, format!("run {run} has no checkpoints in {}", store.url())).into());
         }
         for seq in seqs {
             baton::verify::checkpoint(&store, run, seq, 8, &mut report).await?;

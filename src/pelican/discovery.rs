@@ -5,6 +5,7 @@ use serde::Deserialize;
 use std::time::Duration;
 
 use super::Error;
+use crate::error::Classify;
 
 pub const WELL_KNOWN: &str = "/.well-known/pelican-configuration";
 

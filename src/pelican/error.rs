@@ -4,6 +4,8 @@
 use reqwest::header::HeaderMap;
 use std::time::Duration;
 
+use crate::error::{Classify, ErrorKind};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: not found{}", note(detail))]
@@ -44,15 +46,23 @@ pub(super) fn note(detail: &str) -> String {
     }
 }
 
-impl Error {
-    pub fn is_transient(&self) -> bool {
+impl Classify for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Error::Http { status, .. } => *status == 429 || (*status >= 500 && !matches!(status, 501 | 505 | 507)),
-            Error::Connect { .. } | Error::Transfer { .. } | Error::Integrity { .. } => true,
-            _ => false,
+            Error::Http { status, .. } if *status == 429 || (*status >= 500 && !matches!(status, 501 | 505 | 507)) => ErrorKind::Transient,
+            // A digest mismatch after a transfer is a transfer that went wrong: the next
+            // try (or another cache) can bring the right bytes.
+            Error::Connect { .. } | Error::Transfer { .. } | Error::Integrity { .. } => ErrorKind::Transient,
+            Error::NotFound { .. } | Error::TooLarge { .. } | Error::Damaged { .. } => ErrorKind::Integrity,
+            // The retry budget is spent: a caller that retried again would multiply it.
+            // What failed underneath is `last()`.
+            Error::GaveUp { .. } => ErrorKind::Permanent,
+            Error::Token(_) | Error::Denied(_) | Error::Http { .. } | Error::Protocol { .. } => ErrorKind::Permanent,
         }
     }
+}
 
+impl Error {
     pub(super) fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Http { retry_after, .. } => *retry_after,

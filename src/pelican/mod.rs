@@ -19,6 +19,8 @@ pub mod token;
 pub mod url;
 
 pub use self::error::Error;
+use crate::error::Classify;
+
 use self::error::{error_message, note, retry_after, root_cause};
 use self::retry::{Policy, Retry};
 

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::Error;
+use crate::error::Classify;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 
+use crate::error::{Classify, ErrorKind};
 use crate::identity::RunId;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,20 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // Keys come from manifests: a missing or oversized object is damage.
+            StoreError::NotFound { .. } | StoreError::TooLarge { .. } => ErrorKind::Integrity,
+            StoreError::Conflict { .. } => ErrorKind::Conflict,
+            StoreError::Auth { .. } | StoreError::Denied { .. } => ErrorKind::Permanent,
+            StoreError::Unreachable { .. } | StoreError::Outage { .. } | StoreError::Backend { .. } | StoreError::Io { .. } => {
+                ErrorKind::Transient
+            }
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

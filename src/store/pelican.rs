@@ -16,6 +16,7 @@ use bytes::Bytes;
 use std::path::PathBuf;
 
 use super::{Backend, ObjectInfo, PutOutcome, Result, StoreError};
+use crate::error::Classify;
 use crate::pelican::url::PelicanUrl;
 use crate::pelican::{Client, Error, PutResult};
 
