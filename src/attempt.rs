@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::htcondor::JobIds;
 use crate::identity::RunId;
-use crate::manifest::JobIds;
 use crate::store::{PutOutcome, Store};
 
 /// Everything a manifest or attempt record says about where it was written.

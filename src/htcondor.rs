@@ -2,6 +2,7 @@
 //! `_CONDOR_JOB_AD` / `_CONDOR_MACHINE_AD` (old-style: one `Name = value` per line),
 //! and the scratch directory. Ads are snapshots taken at job start; they are read once.
 
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::classad::{self, LineError};
@@ -19,6 +20,25 @@ const MAX_AD_BYTES: u64 = 16 << 20;
 
 /// At most this many bad lines are logged per file; a file of junk would flood the log.
 const MAX_WARNED_LINES: usize = 10;
+
+/// The job's identity in the HTCondor pool, recorded in manifests and attempt records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIds {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proc_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_job_starts: Option<i64>,
+}
+
+impl JobIds {
+    pub fn is_empty(&self) -> bool {
+        self == &JobIds::default()
+    }
+}
 
 /// An ad file that could be read, and what was wrong in it.
 #[derive(Debug)]
@@ -165,9 +185,9 @@ impl Sandbox {
         run_id_problem(job).map(|p| format!("the job ad {} (_CONDOR_JOB_AD) {p}", path.display()))
     }
 
-    pub fn job_ids(&self) -> crate::manifest::JobIds {
+    pub fn job_ids(&self) -> JobIds {
         let Some(job) = &self.job else { return Default::default() };
-        crate::manifest::JobIds {
+        JobIds {
             global_job_id: job.string("GlobalJobId"),
             cluster_id: job.int("ClusterId"),
             proc_id: job.int("ProcId"),

@@ -63,24 +63,6 @@ pub struct Sizes {
     pub upload_seconds: f64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobIds {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub global_job_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster_id: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proc_id: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_job_starts: Option<i64>,
-}
-
-impl JobIds {
-    pub fn is_empty(&self) -> bool {
-        self == &JobIds::default()
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
@@ -101,8 +83,8 @@ pub struct Manifest {
     /// The device's details, when baton detected it (absent with `--device`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<crate::device::DeviceInfo>,
-    #[serde(default, skip_serializing_if = "JobIds::is_empty")]
-    pub htcondor: JobIds,
+    #[serde(default, skip_serializing_if = "crate::htcondor::JobIds::is_empty")]
+    pub htcondor: crate::htcondor::JobIds,
     /// Identifies the process that wrote the manifest, so a read-back can tell two
     /// writers of the same seq apart.
     pub writer: String,
@@ -254,7 +236,7 @@ mod tests {
             host: "h".into(),
             device: "cpu".into(),
             device_info: None,
-            htcondor: JobIds::default(),
+            htcondor: crate::htcondor::JobIds::default(),
             writer: "w".into(),
             files: vec![FileEntry {
                 path: "a/b.pt".into(),

@@ -145,7 +145,8 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[M
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{JobIds, Reason, Sizes, FORMAT};
+    use crate::htcondor::JobIds;
+    use crate::manifest::{Reason, Sizes, FORMAT};
 
     fn start(n: u64, started: f64, restore: f64, restored: Option<u64>) -> StartRecord {
         StartRecord {
