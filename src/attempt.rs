@@ -119,3 +119,26 @@ pub async fn reserve(store: &Store, run: &RunId, mut record: StartRecord) -> any
     }
     anyhow::bail!("could not reserve an attempt number for run {run}: too many concurrent starts")
 }
+
+/// Both records of one attempt, as far as they could be read (a record that is missing
+/// or does not parse is `None`: an attempt that died without a word, or damage).
+#[derive(Debug, Clone, Serialize)]
+pub struct Records {
+    pub attempt: u64,
+    pub start: Option<StartRecord>,
+    pub end: Option<EndRecord>,
+}
+
+/// Every attempt of a run, oldest first.
+pub async fn load_all(store: &Store, run: &RunId) -> crate::store::Result<Vec<Records>> {
+    let mut out = Vec::new();
+    for (n, has_end) in store.list_attempts(run).await? {
+        let start = store.get_attempt(run, n, false).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let end = match has_end {
+            true => store.get_attempt(run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok()),
+            false => None,
+        };
+        out.push(Records { attempt: n, start, end });
+    }
+    Ok(out)
+}

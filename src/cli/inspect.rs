@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::StoreArg;
-use baton::attempt::{EndRecord, StartRecord};
+use baton::attempt::Records;
 use baton::error::{ErrorKind, Failure};
 use baton::format;
 use baton::identity::RunId;
@@ -46,31 +46,14 @@ struct CheckpointRow {
 }
 
 #[derive(Serialize)]
-struct AttemptRow {
-    attempt: u64,
-    start: Option<StartRecord>,
-    end: Option<EndRecord>,
-}
-
-#[derive(Serialize)]
 struct RunDetail {
     run_id: String,
     checkpoints: Vec<CheckpointRow>,
-    attempts: Vec<AttemptRow>,
+    attempts: Vec<Records>,
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-}
-
-async fn attempts(store: &Store, run: &RunId) -> anyhow::Result<Vec<AttemptRow>> {
-    let mut rows = Vec::new();
-    for (n, has_end) in store.list_attempts(run).await? {
-        let start = store.get_attempt(run, n, false).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let end = if has_end { store.get_attempt(run, n, true).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
-        rows.push(AttemptRow { attempt: n, start, end });
-    }
-    Ok(rows)
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
@@ -104,7 +87,7 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
 
 async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32> {
     let seqs = store.list_manifests(run).await?;
-    let attempts = attempts(store, run).await?;
+    let attempts = baton::attempt::load_all(store, run).await?;
     if seqs.is_empty() && attempts.is_empty() {
         return Err(Failure::new(ErrorKind::Usage, format!("no run {run} in {}; `baton inspect` lists the runs", store.url())).into());
     }

@@ -1,13 +1,9 @@
 //! `baton prune`: delete old checkpoints and the chunks nothing references any more.
 
-use serde::Serialize;
-use std::collections::HashSet;
 use std::time::Duration;
 
 use super::StoreArg;
-use baton::error::{ErrorKind, Failure};
 use baton::identity::RunId;
-use baton::restore::load_manifest;
 
 /// Keep the newest N checkpoints of each run (or of RUN), then delete unreferenced chunks.
 #[derive(clap::Args)]
@@ -33,65 +29,12 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Serialize, Default)]
-struct Plan {
-    dry_run: bool,
-    checkpoints: Vec<(String, u64)>,
-    chunks: usize,
-    chunk_bytes: u64,
-}
-
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let store = a.store.open()?;
-    let all_runs = store.list_runs().await?;
-    let targets: Vec<RunId> = match &a.run {
-        Some(r) => vec![r.clone()],
-        None => all_runs.clone(),
-    };
-    let mut plan = Plan { dry_run: a.dry_run, ..Default::default() };
-    let mut removed: HashSet<(String, u64)> = HashSet::new();
-    for run in &targets {
-        let seqs = store.list_manifests(run).await?;
-        let cut = seqs.len().saturating_sub(a.keep as usize);
-        for &seq in &seqs[..cut] {
-            plan.checkpoints.push((run.to_string(), seq));
-            removed.insert((run.to_string(), seq));
-        }
-    }
-    // Chunks are shared by every run in the store: collect what all remaining manifests need.
-    let mut referenced = HashSet::new();
-    for run in &all_runs {
-        for seq in store.list_manifests(run).await? {
-            if removed.contains(&(run.to_string(), seq)) {
-                continue;
-            }
-            let m = load_manifest(&store, run, seq).await.map_err(|e| {
-                Failure::new(
-                    ErrorKind::Integrity,
-                    format!("{e:#}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)"),
-                )
-            })?;
-            referenced.extend(m.chunk_hashes().map(str::to_string));
-        }
-    }
-    let now = baton::attempt::now() as i64;
-    let mut doomed = Vec::new();
-    for o in store.list_chunks().await? {
-        let Some(hash) = o.key.rsplit('/').next() else { continue };
-        if !referenced.contains(hash) && now - o.modified >= a.grace.as_secs() as i64 {
-            plan.chunk_bytes += o.size;
-            doomed.push(hash.to_string());
-        }
-    }
-    plan.chunks = doomed.len();
+    let mut plan = baton::prune::plan(&store, a.run.as_ref(), a.keep, a.grace).await?;
+    plan.dry_run = a.dry_run;
     if !a.dry_run {
-        // Manifests first: a checkpoint must never be visible with its chunks gone.
-        for (run, seq) in &plan.checkpoints {
-            store.delete_manifest(&RunId::parse(run).map_err(anyhow::Error::msg)?, *seq).await?;
-        }
-        for h in &doomed {
-            store.delete_chunk(h).await?;
-        }
+        plan.execute(&store).await?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);

@@ -1,0 +1,83 @@
+//! Pruning: which checkpoints and chunks may go, as a plan the CLI prints (or carries
+//! out), as rustic_core's `PrunePlan`. Only prune deletes; `baton run` never does.
+
+use serde::Serialize;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::error::{ErrorKind, Failure};
+use crate::identity::RunId;
+use crate::restore::load_manifest;
+use crate::store::Store;
+
+/// What a prune deletes. Chunks are shared by every run in the store, so a chunk goes
+/// only when no remaining manifest of any run references it and it is older than the
+/// grace period (a running upload may be about to reference it).
+#[derive(Debug, Default, Serialize)]
+pub struct PrunePlan {
+    pub dry_run: bool,
+    /// (run, seq) of each checkpoint to delete.
+    pub checkpoints: Vec<(String, u64)>,
+    pub chunks: usize,
+    pub chunk_bytes: u64,
+    #[serde(skip)]
+    doomed_chunks: Vec<String>,
+}
+
+/// Plan to keep the newest `keep` checkpoints of `run` (or of every run).
+pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration) -> anyhow::Result<PrunePlan> {
+    let all_runs = store.list_runs().await?;
+    let targets: Vec<RunId> = match run {
+        Some(r) => vec![r.clone()],
+        None => all_runs.clone(),
+    };
+    let mut plan = PrunePlan::default();
+    let mut removed: HashSet<(String, u64)> = HashSet::new();
+    for run in &targets {
+        let seqs = store.list_manifests(run).await?;
+        let cut = seqs.len().saturating_sub(usize::try_from(keep).unwrap_or(usize::MAX));
+        for &seq in &seqs[..cut] {
+            plan.checkpoints.push((run.to_string(), seq));
+            removed.insert((run.to_string(), seq));
+        }
+    }
+    let mut referenced = HashSet::new();
+    for run in &all_runs {
+        for seq in store.list_manifests(run).await? {
+            if removed.contains(&(run.to_string(), seq)) {
+                continue;
+            }
+            let m = load_manifest(store, run, seq).await.map_err(|e| {
+                Failure::new(
+                    ErrorKind::Integrity,
+                    format!("{e:#}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)"),
+                )
+            })?;
+            referenced.extend(m.chunk_hashes().map(str::to_string));
+        }
+    }
+    let now = crate::attempt::now() as i64;
+    for o in store.list_chunks().await? {
+        let Some(hash) = o.key.rsplit('/').next() else { continue };
+        if !referenced.contains(hash) && now - o.modified >= grace.as_secs() as i64 {
+            plan.chunk_bytes += o.size;
+            plan.doomed_chunks.push(hash.to_string());
+        }
+    }
+    plan.chunks = plan.doomed_chunks.len();
+    Ok(plan)
+}
+
+impl PrunePlan {
+    /// Delete what the plan names: manifests first, so a checkpoint is never visible
+    /// with its chunks gone.
+    pub async fn execute(&self, store: &Store) -> anyhow::Result<()> {
+        for (run, seq) in &self.checkpoints {
+            store.delete_manifest(&RunId::parse(run).map_err(anyhow::Error::msg)?, *seq).await?;
+        }
+        for h in &self.doomed_chunks {
+            store.delete_chunk(h).await?;
+        }
+        Ok(())
+    }
+}
