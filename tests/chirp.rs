@@ -4,7 +4,7 @@
 //! it directly, and run HTCondor's own Python client (`htcondor2.htchirp`, PyPI
 //! `htcondor` in .venv) against it when that is installed.
 
-mod common;
+use crate::common;
 
 use serde_json::Value as Json;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,8 +2,7 @@
 //! with the real pelicanfs client: the Pelican backend's tests are only as good as this
 //! double, so it must behave like the facts in /work/shared/facts/pelican.md say.
 
-mod common;
-use common::pelican::Federation;
+use crate::common::pelican::Federation;
 
 const RW: &str = "storage.read:/ storage.create:/ storage.modify:/";
 

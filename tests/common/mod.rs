@@ -1,6 +1,5 @@
 //! Test harness: the real binary, the example trainer, and a real S3 server (moto)
 //! started on 127.0.0.1 for the tests that need one.
-#![allow(dead_code)]
 
 pub mod pelican;
 

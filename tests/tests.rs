@@ -1,0 +1,29 @@
+//! baton's integration tests, one crate: the real binary, real signals, real servers and
+//! real clients. One module per concern; shared helpers are in `common`.
+
+mod common;
+
+// Bad input: one clear message, a documented exit code, and nothing started.
+mod bad_input;
+// The Chirp proxy double, and baton reporting through it (to be split).
+mod chirp;
+// ClassAd sandbox ads: baton's reader agrees with HTCondor's ClassAd library; `baton run` takes its settings from the ads.
+mod classad;
+// Damaged and hostile store contents: verify names them, run falls back, restore never writes outside.
+mod damage;
+// baton run under eviction signals: forward, drain, flush, restart on an empty slot, end bit-exact.
+mod eviction;
+// The Pelican/OSDF store end to end through the binary: retries, tokens, read back by pelicanfs.
+mod pelican;
+// The Pelican federation double checked on its own (to be moved with the other doubles).
+mod pelican_double;
+// The command's process family: nothing it starts outlives baton; exit status passes through.
+mod process_family;
+// `baton simulate`: seeded schedules of real evictions over simulated slots, then verify.
+mod simulate;
+// baton under an emulated HTCondor starter: ads in the sandbox, soft kill, hard kill at the window's end.
+mod starter;
+// Store semantics: content-addressed chunks shared across runs, manifests as the commit, one writer wins.
+mod store;
+// The submit files in docs/htcondor.md: valid submit language, and arguments baton accepts.
+mod submit_files;
