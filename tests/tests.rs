@@ -5,7 +5,7 @@ mod common;
 
 // Bad input: one clear message, a documented exit code, and nothing started.
 mod bad_input;
-// The Chirp proxy double, and baton reporting through it (to be split).
+// baton reporting into the job ad through a Chirp proxy; a broken proxy never disturbs training.
 mod chirp;
 // ClassAd sandbox ads: baton's reader agrees with HTCondor's ClassAd library; `baton run` takes its settings from the ads.
 mod classad;
@@ -15,8 +15,6 @@ mod damage;
 mod eviction;
 // The Pelican/OSDF store end to end through the binary: retries, tokens, read back by pelicanfs.
 mod pelican;
-// The Pelican federation double checked on its own (to be moved with the other doubles).
-mod pelican_double;
 // The command's process family: nothing it starts outlives baton; exit status passes through.
 mod process_family;
 // `baton simulate`: seeded schedules of real evictions over simulated slots, then verify.
@@ -27,3 +25,6 @@ mod starter;
 mod store;
 // The submit files in docs/htcondor.md: valid submit language, and arguments baton accepts.
 mod submit_files;
+
+// The test doubles themselves, checked against real clients: if these fail, the baton tests that use them prove nothing.
+mod doubles;

@@ -1,6 +1,7 @@
 //! Test harness: the real binary, the example trainer, and a real S3 server (moto)
 //! started on 127.0.0.1 for the tests that need one.
 
+pub mod chirp;
 pub mod pelican;
 
 use std::io::{Read, Write};
