@@ -11,7 +11,7 @@ mod chirp;
 mod classad;
 // Damaged and hostile store contents: verify names them, run falls back, restore never writes outside.
 mod damage;
-// baton run under eviction signals: forward, drain, flush, restart on an empty slot, end bit-exact.
+// The core promise: runs evicted by SIGTERM and restarted on empty slots end bit-exact; flush and commit races.
 mod eviction;
 // The Pelican/OSDF store end to end through the binary: retries, tokens, read back by pelicanfs.
 mod pelican;
