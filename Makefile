@@ -30,7 +30,7 @@ tools:
 # Local preemption simulation of the example trainer on the default (directory)
 # store: evictions over mixed simulated slots, --verify, and a timeline picture.
 demo: build tools
-	bash fixtures/demo.sh $(BATON) $(DEMO)
+	bash examples/demo.sh $(BATON) $(DEMO)
 
 test: venv tools
 	BATON_TEST_MOTO=$(abspath $(VENV))/bin/moto_server cargo test -- --test-threads 4

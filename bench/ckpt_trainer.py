@@ -2,7 +2,7 @@
 --epoch-seconds of "compute" (sleep, as a GPU would keep the CPU free) in
 --steps-per-epoch steps, and every save writes a --ckpt-mb float32 checkpoint in place
 (as torch.save to a fixed path does), then commits with `baton commit`. On SIGTERM it
-saves mid-epoch, commits and exits 143, like fixtures/trainer.py.
+saves mid-epoch, commits and exits 143, like examples/trainer.py.
 
 usage: ckpt_trainer.py [--epochs N] [--steps-per-epoch K] [--epoch-seconds S] [--ckpt-mb M]
 """

@@ -1,7 +1,6 @@
 //! Bad input gets one clear message and a documented exit code, and nothing starts.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 fn run_fails(args: &[&str], env: &[(String, String)], code: i32, must_say: &str) {

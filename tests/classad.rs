@@ -3,10 +3,8 @@
 //! prints them are read by both, and baton must agree with classad2 on every value
 //! it evaluates. Then `baton run` on sandboxes made of the committed fixtures.
 
-mod common;
-
+use crate::common::*;
 use baton::classad::{self, Value};
-use common::*;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

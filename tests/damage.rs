@@ -1,8 +1,7 @@
 //! Damaged and hostile store contents: verify names what is broken, run falls back to
 //! the newest intact checkpoint, restore never writes outside its target.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 /// A finished run of the trainer in a directory store; returns the manifest paths.

@@ -1,8 +1,7 @@
 //! The core promise, end to end through the binary: a run evicted with SIGTERM at
 //! random moments, restarted each time on an empty slot, ends bit-exact.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn random_delays(n: usize) -> Vec<f64> {
     let mut rng = Rng::from_time();

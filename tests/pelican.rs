@@ -2,9 +2,8 @@
 //! double (fixtures/pelican_federation.py: discovery, director, origin and cache over TLS
 //! with a test CA) and read back with the real pelicanfs client.
 
-mod common;
-use common::pelican::Federation;
-use common::*;
+use crate::common::pelican::Federation;
+use crate::common::*;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};

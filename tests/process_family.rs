@@ -1,8 +1,7 @@
 //! Signal and process-family semantics, with real signals to real processes: nothing
 //! the command starts outlives baton, and baton is gone before the hard kill.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

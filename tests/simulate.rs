@@ -1,7 +1,6 @@
 //! `baton simulate` through the binary: real `baton run`s, real signals, simulated slots.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 fn simulate(work: &std::path::Path, args: &[&str], trainer_args: &[&str]) -> (std::process::Output, serde_json::Value) {

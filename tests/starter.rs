@@ -1,8 +1,7 @@
 //! baton under an emulated HTCondor starter: ads in the sandbox, the soft kill to
 //! baton's pid only, SIGKILL to the whole family when the vacate window ends.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 fn descendants(root: i32) -> Vec<i32> {

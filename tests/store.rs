@@ -1,8 +1,7 @@
 //! Store semantics through the binary: content addressing shares chunks across runs and
 //! checkpoints; manifests are the commit.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn manifest_json(store: &str, run: &str, seq: u64) -> serde_json::Value {
     let out = baton().args(["inspect", "--store", store, run, &seq.to_string(), "--json"]).output().unwrap();

@@ -1,7 +1,8 @@
-//! Test harness: the real binary, the example trainer, and a real S3 server (moto)
-//! started on 127.0.0.1 for the tests that need one.
-#![allow(dead_code)]
+//! Test harness: the real binary, the example trainer (examples/trainer.py), the doubles
+//! and data under fixtures/, and a real S3 server (moto) started on 127.0.0.1 for the
+//! tests that need one.
 
+pub mod chirp;
 pub mod pelican;
 
 use std::io::{Read, Write};
@@ -31,9 +32,10 @@ pub fn baton() -> Command {
 
 pub fn trainer() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| root().join("fixtures/trainer.py"))
+    P.get_or_init(|| root().join("examples/trainer.py"))
 }
 
+/// A test double or test data file under fixtures/.
 pub fn fixture(name: &str) -> PathBuf {
     root().join("fixtures").join(name)
 }

@@ -1,9 +1,9 @@
 //! The local Pelican federation (fixtures/pelican_federation.py) checked on its own, partly
 //! with the real pelicanfs client: the Pelican backend's tests are only as good as this
-//! double, so it must behave like the facts in /work/shared/facts/pelican.md say.
+//! double, so it must behave as the Pelican sources (https://github.com/PelicanPlatform/pelican,
+//! v7.27 line) and the real client say.
 
-mod common;
-use common::pelican::Federation;
+use crate::common::pelican::Federation;
 
 const RW: &str = "storage.read:/ storage.create:/ storage.modify:/";
 

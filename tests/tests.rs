@@ -1,0 +1,30 @@
+//! baton's integration tests, one crate: the real binary, real signals, real servers and
+//! real clients. One module per concern; shared helpers are in `common`.
+
+mod common;
+
+// Bad input: one clear message, a documented exit code, and nothing started.
+mod bad_input;
+// baton reporting into the job ad through a Chirp proxy; a broken proxy never disturbs training.
+mod chirp;
+// ClassAd sandbox ads: baton's reader agrees with HTCondor's ClassAd library; `baton run` takes its settings from the ads.
+mod classad;
+// Damaged and hostile store contents: verify names them, run falls back, restore never writes outside.
+mod damage;
+// The core promise: runs evicted by SIGTERM and restarted on empty slots end bit-exact; flush and commit races.
+mod eviction;
+// The Pelican/OSDF store end to end through the binary: retries, tokens, read back by pelicanfs.
+mod pelican;
+// The command's process family: nothing it starts outlives baton; exit status passes through.
+mod process_family;
+// `baton simulate`: seeded schedules of real evictions over simulated slots, then verify.
+mod simulate;
+// baton under an emulated HTCondor starter: ads in the sandbox, soft kill, hard kill at the window's end.
+mod starter;
+// Store semantics: content-addressed chunks shared across runs, manifests as the commit, one writer wins.
+mod store;
+// The submit files in docs/htcondor.md: valid submit language, and arguments baton accepts.
+mod submit_files;
+
+// The test doubles themselves, checked against real clients: if these fail, the baton tests that use them prove nothing.
+mod doubles;
