@@ -36,7 +36,7 @@ test: venv tools
 	BATON_TEST_MOTO=$(abspath $(VENV))/bin/moto_server cargo test -- --test-threads 4
 
 unit:
-	cargo test --bins
+	cargo test --lib --bins
 
 bench: build venv
 	bash bench/run.sh

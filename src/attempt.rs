@@ -108,14 +108,13 @@ pub fn hostname() -> String {
 /// Take the next free attempt number by writing its start record create-only.
 pub async fn reserve(store: &Store, run: &RunId, mut record: StartRecord) -> anyhow::Result<u64> {
     let existing = store.list_attempts(run).await?;
-    let mut n = existing.last().map(|(n, _)| n + 1).unwrap_or(1);
-    for _ in 0..16 {
+    let first = existing.last().map(|(n, _)| n + 1).unwrap_or(1);
+    for n in first..first + 16 {
         record.attempt = n;
         let body = serde_json::to_vec_pretty(&record)?;
         if store.put_attempt_start(run, n, body.into()).await? == PutOutcome::Created {
             return Ok(n);
         }
-        n += 1;
     }
     anyhow::bail!("could not reserve an attempt number for run {run}: too many concurrent starts")
 }

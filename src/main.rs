@@ -13,14 +13,6 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "commit") {
         signals::ignore_eviction_signals();
     }
-    // glibc gives every thread that allocates its own arena and keeps freed memory in
-    // it; with a pool of hashing/compression threads that made peak RSS grow with the
-    // checkpoint size; one arena kept it flat at the same speed (docs/benchmarks.md,
-    // the MALLOC_ARENA_MAX=1 rows).
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
+    baton::process::one_malloc_arena();
     std::process::exit(cli::main());
 }

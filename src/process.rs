@@ -47,6 +47,18 @@ pub enum SpawnError {
     Other(String, std::io::Error),
 }
 
+/// glibc gives every thread that allocates its own arena and keeps freed memory in it;
+/// with a pool of hashing/compression threads that made peak RSS grow with the
+/// checkpoint size; one arena kept it flat at the same speed (docs/benchmarks.md, the
+/// MALLOC_ARENA_MAX=1 rows). Call first thing in `main`, before any thread exists.
+pub fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Make orphaned descendants re-parent to baton so they can be reaped and killed.
 pub fn become_subreaper() {
     // SAFETY: prctl with integer arguments has no memory effects.

@@ -47,6 +47,15 @@ pub fn first_eviction() -> Instant {
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
+/// Die quietly on a closed pipe, as Unix tools do (Rust ignores SIGPIPE by default and
+/// turns it into an error on every later write).
+pub fn default_sigpipe() {
+    // SAFETY: restoring the default disposition has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `baton commit` is part of the trainer's process group, so it receives the forwarded
 /// eviction signal too; it must finish telling the supervisor about the checkpoint
 /// rather than die halfway (the trainer would see a failed commit and lose it).

@@ -96,7 +96,7 @@ fn vacate_window_too_short() {
 fn missing_s3_credentials() {
     let moto = Moto::start();
     moto.create_bucket("bkt");
-    let env = vec![("AWS_ENDPOINT_URL".to_string(), moto.endpoint()), ("HOME".to_string(), "/nonexistent".to_string())];
+    let env = [("AWS_ENDPOINT_URL".to_string(), moto.endpoint()), ("HOME".to_string(), "/nonexistent".to_string())];
     let mut c = baton();
     for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE"] {
         c.env_remove(k);

@@ -40,7 +40,7 @@ fn baton_reports_device_progress_and_flush_into_the_job_ad() {
     let run: Json = serde_json::from_slice(&o.stdout).unwrap();
     let last_seq = run["checkpoints"].as_array().unwrap().last().unwrap()["seq"].clone();
     assert_eq!(v["ChirpBatonSeq"]["int"], last_seq, "{v:?}");
-    let last_epoch = run["checkpoints"].as_array().unwrap().iter().filter_map(|c| c["manifest"]["epoch"].as_i64()).last();
+    let last_epoch = run["checkpoints"].as_array().unwrap().iter().filter_map(|c| c["manifest"]["epoch"].as_i64()).next_back();
     assert_eq!(v["ChirpBatonEpoch"]["int"].as_i64(), last_epoch, "{v:?}");
     assert_eq!(last_epoch, Some(2), "the trainer commits epochs 0, 1, 2");
     let t = v["ChirpBatonTime"]["int"].as_i64().unwrap();

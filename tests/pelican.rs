@@ -372,7 +372,7 @@ fn token_from_bearer_token_file() {
 fn token_from_xdg_runtime_dir() {
     let fed = Federation::start();
     let dir = tempfile::tempdir().unwrap();
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     std::fs::write(dir.path().join(format!("bt_u{uid}")), fed.mint_token(READ_CREATE, 600)).unwrap();
     run_with_token_env(&fed, &fed.store_url("t3"), &[("XDG_RUNTIME_DIR", dir.path().to_str().unwrap())], &[]);
 }
@@ -435,7 +435,7 @@ fn token_from_token_file_flag_and_variable_wins_over_the_environment() {
 static TMP_TOKEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn tmp_token_path() -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("/tmp/bt_u{}", unsafe { libc::getuid() }))
+    std::path::PathBuf::from(format!("/tmp/bt_u{}", nix::unistd::getuid().as_raw()))
 }
 
 #[test]

@@ -494,7 +494,7 @@ fn check_baton_job(submit: &Submit, vars: &BTreeMap<String, String>, _text: &str
                         "--store {s} but no token: use_oauth_services (HTCondor keeps a token in $_CONDOR_CREDS), or --token-file / BEARER_TOKEN_FILE"
                     ))
                 }
-                (_, Some(f)) if !f.starts_with('/') && !inputs.iter().any(|i| *i == f) => {
+                (_, Some(f)) if !f.starts_with('/') && !inputs.contains(&f) => {
                     return Err(format!("token file {f} is not in transfer_input_files {inputs:?}"));
                 }
                 _ => {}

@@ -126,8 +126,8 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
         }
     }
     println!(
-        "\n{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} {}",
-        "ATTEMPT", "HOST", "STARTED", "DEVICE", "RESTORED", "ENDING", "STATUS", "COMMITTED/DURABLE"
+        "\n{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} COMMITTED/DURABLE",
+        "ATTEMPT", "HOST", "STARTED", "DEVICE", "RESTORED", "ENDING", "STATUS"
     );
     for a in &detail.attempts {
         let (host, started, device, restored) = match &a.start {

@@ -149,10 +149,7 @@ pub fn main() -> i32 {
     init_logging(cli.verbose, cli.quiet);
     if matches!(cli.command, Command::Inspect(_) | Command::Verify(_) | Command::Prune(_)) {
         // `baton inspect | head` should end quietly, as other Unix tools do.
-        // SAFETY: restoring the default disposition has no memory effects.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        baton::signals::default_sigpipe();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,

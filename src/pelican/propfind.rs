@@ -136,13 +136,11 @@ pub fn parse(xml: &str) -> Result<Vec<Entry>, String> {
                         "status" => b.response_status_ok = status_ok(value),
                         "getcontentlength" => b.ps_size = value.parse().ok(),
                         "getlastmodified" => b.ps_modified = parse_http_date(value),
-                        "propstat" => {
-                            if b.ps_ok {
-                                b.collection |= b.ps_collection;
-                                b.had_resourcetype |= b.ps_resourcetype;
-                                b.size = b.size.or(b.ps_size);
-                                b.modified = b.modified.or(b.ps_modified);
-                            }
+                        "propstat" if b.ps_ok => {
+                            b.collection |= b.ps_collection;
+                            b.had_resourcetype |= b.ps_resourcetype;
+                            b.size = b.size.or(b.ps_size);
+                            b.modified = b.modified.or(b.ps_modified);
                         }
                         "response" => {
                             let b = cur.take().unwrap_or_default();

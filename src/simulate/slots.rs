@@ -105,7 +105,7 @@ pub fn materialize(t: &SlotType, n: u64, uuid_seed: u64, dir: &Path, job: &JobId
             machine.extend([
                 format!("AssignedGPUs = {}", quote(&id)),
                 format!("AvailableGPUs = {{ GPUs_GPU_{short} }}"),
-                format!("GPUs = 1"),
+                "GPUs = 1".to_string(),
                 format!("GPUs_Capability = {}", real(g.capability)),
                 format!("GPUs_DeviceName = {}", quote(g.device_name)),
                 format!("GPUs_DriverVersion = {}", real(g.driver_version)),
@@ -130,12 +130,12 @@ pub fn materialize(t: &SlotType, n: u64, uuid_seed: u64, dir: &Path, job: &JobId
         }
     }
     machine.sort();
-    let mut jobad = vec![
+    let mut jobad = [
         format!("ClusterId = {}", job.cluster),
         format!("GlobalJobId = {}", quote(&job.global_job_id())),
         format!("NumJobStarts = {n}"),
-        format!("ProcId = 0"),
-        format!("WantFTOnCheckpoint = false"),
+        "ProcId = 0".to_string(),
+        "WantFTOnCheckpoint = false".to_string(),
     ];
     jobad.sort();
     let machine_ad = machine.join("\n") + "\n";

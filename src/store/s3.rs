@@ -184,19 +184,6 @@ fn parse_shared_credentials(text: &str, profile: &str) -> Option<FileCredentials
     Some(FileCredentials { key: key?, secret: secret?, token })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn shared_credentials_profiles() {
-        let text = "[default]\naws_access_key_id = AK1\naws_secret_access_key = S1\n\n[other]\naws_access_key_id=AK2\naws_secret_access_key=S2\naws_session_token=T2\n";
-        let d = super::parse_shared_credentials(text, "default").unwrap();
-        assert_eq!((d.key.as_str(), d.secret.as_str(), d.token), ("AK1", "S1", None));
-        let o = super::parse_shared_credentials(text, "other").unwrap();
-        assert_eq!((o.key.as_str(), o.token.as_deref()), ("AK2", Some("T2")));
-        assert!(super::parse_shared_credentials(text, "missing").is_none());
-    }
-}
-
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -296,5 +283,18 @@ impl Backend for S3Backend {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.map_err("delete", key, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shared_credentials_profiles() {
+        let text = "[default]\naws_access_key_id = AK1\naws_secret_access_key = S1\n\n[other]\naws_access_key_id=AK2\naws_secret_access_key=S2\naws_session_token=T2\n";
+        let d = super::parse_shared_credentials(text, "default").unwrap();
+        assert_eq!((d.key.as_str(), d.secret.as_str(), d.token), ("AK1", "S1", None));
+        let o = super::parse_shared_credentials(text, "other").unwrap();
+        assert_eq!((o.key.as_str(), o.token.as_deref()), ("AK2", Some("T2")));
+        assert!(super::parse_shared_credentials(text, "missing").is_none());
     }
 }
