@@ -9,6 +9,8 @@ mod bad_input;
 mod chirp;
 // ClassAd sandbox ads: baton's reader agrees with HTCondor's ClassAd library; `baton run` takes its settings from the ads.
 mod classad;
+// The commit socket under abuse: idle floods, a silent supervisor.
+mod commit_socket;
 // Damaged and hostile store contents: verify names them, run falls back, restore never writes outside.
 mod damage;
 // The core promise: runs evicted by SIGTERM and restarted on empty slots end bit-exact; flush and commit races.

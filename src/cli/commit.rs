@@ -18,6 +18,10 @@ pub struct Args {
     /// Extra metadata recorded in the manifest, KEY=VALUE (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = super::parse_kv)]
     meta: Vec<(String, String)>,
+    /// Give up when the supervisor has not answered within this time (it answers once
+    /// the files are captured, which for a very large checkpoint takes a while).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
@@ -27,7 +31,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| usage("baton commit must be run by a command started with `baton run` ($BATON_SOCKET is not set)"))?;
     let req = Request { epoch: a.epoch, step: a.step, meta: a.meta.into_iter().collect() };
-    let reply = commit::send(&socket, &req).await?;
+    let reply = commit::send(&socket, &req, a.timeout).await?;
     if reply.ok {
         tracing::debug!("committed checkpoint {}", reply.seq.unwrap_or(0));
         Ok(0)
