@@ -4,11 +4,13 @@
 
 mod known;
 mod local;
+mod memory;
 mod pelican;
 mod s3;
 mod url;
 
 pub use self::known::KnownChunks;
+pub use self::memory::MemoryBackend;
 pub use self::url::StoreUrl;
 
 use async_trait::async_trait;
@@ -136,6 +138,17 @@ impl Store {
             StoreUrl::Pelican(u) => Arc::new(pelican::PelicanBackend::new(u, options.token_file.clone())?),
         };
         Ok(Store { backend, url: url.to_string() })
+    }
+
+    /// A store over a backend built by hand (`label` names it in messages): a backend
+    /// configured in code rather than by the environment, or the memory backend.
+    pub fn from_backend(backend: Arc<dyn Backend>, label: impl Into<String>) -> Store {
+        Store { backend, url: label.into() }
+    }
+
+    /// An empty store in this process's memory, for tests.
+    pub fn memory() -> Store {
+        Self::from_backend(Arc::new(MemoryBackend::new()), "memory")
     }
 
     pub fn url(&self) -> &str {
