@@ -87,6 +87,14 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{self, Capabilities};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn meets_the_backend_contract() {
+        conformance::all(Arc::new(MemoryBackend::new()), Capabilities::FULL).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_prefix_is_a_directory_with_or_without_its_slash() {
         let m = MemoryBackend::new();

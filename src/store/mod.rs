@@ -2,6 +2,8 @@
 //! everything speaks kinds and ids (`Store`): chunks by hash, manifests by (run, seq),
 //! attempt records by (run, n). Nothing above this module builds a key by hand.
 
+#[doc(hidden)]
+pub mod conformance;
 mod known;
 mod local;
 mod memory;
