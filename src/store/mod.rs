@@ -13,6 +13,8 @@ mod url;
 
 pub use self::known::KnownChunks;
 pub use self::memory::MemoryBackend;
+pub use self::pelican::PelicanBackend;
+pub use self::s3::{S3Backend, S3Settings};
 pub use self::url::StoreUrl;
 
 use async_trait::async_trait;
