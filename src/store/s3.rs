@@ -313,7 +313,14 @@ impl Backend for S3Backend {
         Ok(metas
             .into_iter()
             .filter_map(|m| {
-                let key = m.location.as_ref().strip_prefix(strip.as_str())?.to_string();
+                // object_store percent-encodes characters such as `#` (in every run id
+                // made from an HTCondor GlobalJobId) in the object names it writes, and
+                // lists those names as stored: decode them back into the keys put and
+                // get were given, or no such run's checkpoint would ever be listed.
+                let raw = m.location.as_ref();
+                let location =
+                    percent_encoding::percent_decode_str(raw).decode_utf8().map(|k| k.into_owned()).unwrap_or_else(|_| raw.to_string());
+                let key = location.strip_prefix(strip.as_str())?.to_string();
                 Some(ObjectInfo { key, size: m.size, modified: m.last_modified.timestamp() })
             })
             .collect())
