@@ -8,6 +8,8 @@ mod known;
 mod local;
 mod memory;
 mod pelican;
+#[cfg(test)]
+mod round_trip;
 mod s3;
 mod url;
 
