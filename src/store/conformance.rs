@@ -201,7 +201,7 @@ pub async fn missing(b: &Arc<dyn Backend>, _: Capabilities) -> anyhow::Result<()
 /// Listing a directory-like prefix gives exactly the objects under it, at any depth, as
 /// keys relative to the store root, with their sizes and a modification time near now
 /// (prune's grace period for young chunks depends on it). A prefix with nothing under it
-/// is an empty listing, not an error.
+/// is an empty listing, not an error; the empty prefix lists the whole store.
 pub async fn list_by_prefix(b: &Arc<dyn Backend>, _: Capabilities) -> anyhow::Result<()> {
     let objects =
         [("conformance/list/a/1", 1usize), ("conformance/list/a/2/deep", 2), ("conformance/list/ab/3", 3), ("conformance/list/b", 4)];
@@ -228,6 +228,12 @@ pub async fn list_by_prefix(b: &Arc<dyn Backend>, _: Capabilities) -> anyhow::Re
         if let Some((k, _, m)) = found.iter().find(|(_, _, m)| (m - now).abs() > 3600) {
             bail!("list {prefix:?}: {k} has modification time {m}, more than an hour from now ({now})");
         }
+    }
+    // The empty prefix is the whole store (other checks' objects too), keys still
+    // relative to its root.
+    let whole = listing("").await?;
+    for (key, n) in objects {
+        ensure!(whole.iter().any(|(k, s, _)| k == key && *s == n as u64), "list \"\" does not show {key} ({n} bytes)");
     }
     Ok(())
 }
