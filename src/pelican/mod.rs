@@ -126,6 +126,18 @@ fn read_timeout() -> Duration {
 
 impl Client {
     pub fn new(url: PelicanUrl, token_file: Option<PathBuf>) -> Result<Client, String> {
+        let ca = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()).map(PathBuf::from);
+        Self::build(url, token_file, ca.as_deref(), "SSL_CERT_FILE=")
+    }
+
+    /// `new` with the extra CA bundle named here rather than by `SSL_CERT_FILE`, for a
+    /// process that talks to several federations with their own CAs (tests).
+    pub fn with_ca_file(url: PelicanUrl, token_file: Option<PathBuf>, ca_file: &std::path::Path) -> Result<Client, String> {
+        Self::build(url, token_file, Some(ca_file), "CA bundle ")
+    }
+
+    /// `named` says where `ca_file` came from, for the messages.
+    fn build(url: PelicanUrl, token_file: Option<PathBuf>, ca_file: Option<&std::path::Path>, named: &str) -> Result<Client, String> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
@@ -133,11 +145,10 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(read_timeout())
             .timeout(Duration::from_secs(120));
-        if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
-            let pem = std::fs::read(&path)
-                .map_err(|e| format!("SSL_CERT_FILE={}: cannot read the CA bundle: {e}", PathBuf::from(&path).display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("SSL_CERT_FILE={}: not a PEM CA bundle: {e}", PathBuf::from(&path).display()))?;
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("{named}{}: cannot read the CA bundle: {e}", path.display()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{named}{}: not a PEM CA bundle: {e}", path.display()))?;
             b = b.tls_certs_merge(certs);
         }
         let http = b.build().map_err(|e| format!("cannot set up the HTTPS client: {}", root_cause(&e)))?;

@@ -157,3 +157,15 @@ impl Backend for DirBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::conformance::{self, Capabilities};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn meets_the_backend_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::all(Arc::new(super::DirBackend::new(dir.path().to_path_buf())), Capabilities::FULL).await.unwrap();
+    }
+}

@@ -2,13 +2,21 @@
 //! everything speaks kinds and ids (`Store`): chunks by hash, manifests by (run, seq),
 //! attempt records by (run, n). Nothing above this module builds a key by hand.
 
+#[doc(hidden)]
+pub mod conformance;
 mod known;
 mod local;
+mod memory;
 mod pelican;
+#[cfg(test)]
+mod round_trip;
 mod s3;
 mod url;
 
 pub use self::known::KnownChunks;
+pub use self::memory::MemoryBackend;
+pub use self::pelican::PelicanBackend;
+pub use self::s3::{S3Backend, S3Settings};
 pub use self::url::StoreUrl;
 
 use async_trait::async_trait;
@@ -151,6 +159,17 @@ impl Store {
             StoreUrl::Pelican(u) => Arc::new(pelican::PelicanBackend::new(u, options.token_file.clone())?),
         };
         Ok(Store { backend, url: url.to_string() })
+    }
+
+    /// A store over a backend built by hand (`label` names it in messages): a backend
+    /// configured in code rather than by the environment, or the memory backend.
+    pub fn from_backend(backend: Arc<dyn Backend>, label: impl Into<String>) -> Store {
+        Store { backend, url: label.into() }
+    }
+
+    /// An empty store in this process's memory, for tests.
+    pub fn memory() -> Store {
+        Self::from_backend(Arc::new(MemoryBackend::new()), "memory")
     }
 
     pub fn url(&self) -> &str {

@@ -13,7 +13,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{Backend, ObjectInfo, PutOutcome, Result, StoreError};
 use crate::error::Classify;
@@ -28,15 +28,32 @@ pub struct PelicanBackend {
 
 impl PelicanBackend {
     pub fn new(url: &PelicanUrl, token_file: Option<PathBuf>) -> anyhow::Result<Self> {
-        if let Some(p) = &token_file {
+        Self::check_token_file(token_file.as_deref())?;
+        let client = Client::new(url.clone(), token_file).map_err(|e| crate::error::usage(format!("{url}: {e}")))?;
+        Ok(Self::with_client(url, client))
+    }
+
+    /// `new`, trusting the CA bundle `ca_file` instead of the one `SSL_CERT_FILE` names:
+    /// for a process that talks to several federations with their own CAs (tests).
+    pub fn with_ca_file(url: &PelicanUrl, token_file: Option<PathBuf>, ca_file: &Path) -> anyhow::Result<Self> {
+        Self::check_token_file(token_file.as_deref())?;
+        let client = Client::with_ca_file(url.clone(), token_file, ca_file).map_err(|e| crate::error::usage(format!("{url}: {e}")))?;
+        Ok(Self::with_client(url, client))
+    }
+
+    fn with_client(url: &PelicanUrl, client: Client) -> Self {
+        PelicanBackend { client, root: url.path.clone(), name: url.to_string() }
+    }
+
+    fn check_token_file(token_file: Option<&Path>) -> anyhow::Result<()> {
+        if let Some(p) = token_file {
             // Named explicitly: a typo should stop baton before anything starts. (The file
             // is still re-read before every operation.)
             if !p.is_file() {
                 return Err(crate::error::usage(format!("--token-file {}: no such file", p.display())));
             }
         }
-        let client = Client::new(url.clone(), token_file).map_err(|e| crate::error::usage(format!("{url}: {e}")))?;
-        Ok(PelicanBackend { client, root: url.path.clone(), name: url.to_string() })
+        Ok(())
     }
 
     fn path(&self, key: &str) -> String {

@@ -12,6 +12,16 @@ use std::time::Duration;
 
 use super::{Backend, ObjectInfo, PutOutcome, Result, StoreError};
 
+/// Settings `S3Backend::new` would take from the environment.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `http(s)://host:port` of a non-AWS server; empty for AWS itself.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
 pub struct S3Backend {
     inner: AmazonS3,
     bucket: String,
@@ -47,6 +57,24 @@ or a shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)"
         if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
             builder = builder.with_region("us-east-1");
         }
+        Self::build(builder, bucket, prefix, endpoint)
+    }
+
+    /// A client configured by `settings` alone: no `AWS_*` variable or credentials file is
+    /// read. For a process that talks to several S3 servers at once (tests, each with its
+    /// own server), where one process-wide environment cannot describe them all.
+    pub fn with_settings(bucket: &str, prefix: &str, settings: &S3Settings) -> anyhow::Result<Self> {
+        let builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(&settings.region)
+            .with_access_key_id(&settings.access_key_id)
+            .with_secret_access_key(&settings.secret_access_key);
+        Self::build(builder, bucket, prefix, settings.endpoint.clone())
+    }
+
+    /// What every S3 client of baton shares, however it was configured: path-style
+    /// requests to a non-AWS endpoint, and short retries and timeouts.
+    fn build(mut builder: AmazonS3Builder, bucket: &str, prefix: &str, endpoint: String) -> anyhow::Result<Self> {
         if !endpoint.is_empty() {
             builder = builder.with_endpoint(&endpoint).with_virtual_hosted_style_request(false);
         }
@@ -272,7 +300,14 @@ impl Backend for S3Backend {
         Ok(metas
             .into_iter()
             .filter_map(|m| {
-                let key = m.location.as_ref().strip_prefix(strip.as_str())?.to_string();
+                // object_store percent-encodes characters such as `#` (in every run id
+                // made from an HTCondor GlobalJobId) in the object names it writes, and
+                // lists those names as stored: decode them back into the keys put and
+                // get were given, or no such run's checkpoint would ever be listed.
+                let raw = m.location.as_ref();
+                let location =
+                    percent_encoding::percent_decode_str(raw).decode_utf8().map(|k| k.into_owned()).unwrap_or_else(|_| raw.to_string());
+                let key = location.strip_prefix(strip.as_str())?.to_string();
                 Some(ObjectInfo { key, size: m.size, modified: m.last_modified.timestamp() })
             })
             .collect())

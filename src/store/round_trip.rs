@@ -1,0 +1,219 @@
+//! Upload and restore in this process against the memory backend: no binary, no child
+//! process, no server. What is checked is what the store is for: the bytes come back,
+//! content already stored is not stored again, and damage in the store (a chunk
+//! overwritten or gone, a manifest too large to trust) makes restore fall back to the
+//! previous checkpoint instead of handing back bad files.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{chunk_key, manifest_key, Backend, MemoryBackend, Store, MAX_MANIFEST_BYTES};
+use crate::attempt::Attempt;
+use crate::capture::{self, Hold};
+use crate::identity::RunId;
+use crate::manifest::{JobIds, Manifest, Reason};
+use crate::restore;
+use crate::store::KnownChunks;
+use crate::upload::{self, CommitInfo, Settings};
+
+fn run() -> RunId {
+    RunId::parse("ap1.example.org#7.0#1700000000").unwrap()
+}
+
+fn attempt() -> Attempt {
+    Attempt {
+        run: run(),
+        number: 1,
+        host: "test-host".into(),
+        device: "cpu".into(),
+        device_info: None,
+        htcondor: JobIds::default(),
+        writer: "round-trip-test".into(),
+    }
+}
+
+/// Bytes that do not compress, so chunks are stored raw and many distinct.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// A checkpoint directory: a weights file of several chunks, a compressible optimizer
+/// state in a subdirectory, an empty file and an executable one.
+fn checkpoint(root: &Path, seed: u64) -> BTreeMap<String, Vec<u8>> {
+    let files: BTreeMap<String, Vec<u8>> = [
+        ("model.pt", noise(seed, 3 << 20)),
+        ("optim/state.pt", vec![seed as u8; 600 << 10]),
+        ("empty", vec![]),
+        ("resume.sh", format!("#!/bin/sh\necho {seed}\n").into_bytes()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (rel, data) in &files {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("resume.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    files
+}
+
+/// Every file under `root`, by relative path.
+fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(p.strip_prefix(root).unwrap().to_str().unwrap().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Capture `src` and upload it as checkpoint `seq`.
+async fn commit(store: &Store, tmp: &Path, src: &Path, seq: u64, known: &KnownChunks) -> Manifest {
+    let snap = capture::snapshot(src, &tmp.join(format!("stage-{seq}")), Hold::Copy).unwrap();
+    let info = CommitInfo { seq, reason: Reason::Commit, epoch: Some(seq), step: None, meta: BTreeMap::new(), created: 1.7e9 };
+    let m = upload::upload(store, &attempt(), &info, &snap, &Settings::default(), known).await.unwrap();
+    snap.discard();
+    m
+}
+
+fn memory_store() -> (Arc<MemoryBackend>, Store) {
+    let backend = Arc::new(MemoryBackend::new());
+    (backend.clone(), Store::from_backend(backend, "memory"))
+}
+
+#[tokio::test]
+async fn an_uploaded_checkpoint_restores_byte_for_byte_with_its_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::memory();
+    let work = tmp.path().join("work");
+    let fresh = restore::restore_latest(&store, &run(), &work, 4, &KnownChunks::default()).await.unwrap();
+    assert!(fresh.found.is_none() && fresh.skipped.is_empty(), "an empty store restores nothing");
+
+    let src = tmp.path().join("ckpt");
+    let files = checkpoint(&src, 1);
+    let m = commit(&store, tmp.path(), &src, 1, &KnownChunks::default()).await;
+    assert_eq!(m.sizes.logical_bytes, files.values().map(|d| d.len() as u64).sum::<u64>());
+    assert!(m.files.iter().find(|f| f.path == "model.pt").unwrap().chunks.len() > 1, "the weights span several chunks");
+    // The optimizer state compresses: stored is less than new.
+    assert!(m.sizes.stored_bytes < m.sizes.new_bytes, "{:?}", m.sizes);
+
+    let restored = restore::restore_latest(&store, &run(), &work, 4, &KnownChunks::default()).await.unwrap();
+    let (back, dir) = restored.found.unwrap();
+    assert_eq!((back.seq, restored.skipped.len()), (1, 0));
+    assert_eq!(back, m, "the manifest read back is the one written");
+    assert_eq!(read_tree(&dir), files);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.join("resume.sh")).unwrap().permissions().mode() & 0o777, 0o750);
+
+    // `download` of the loaded manifest into a directory of one's own gives the same.
+    let target = tmp.path().join("again");
+    std::fs::create_dir(&target).unwrap();
+    let loaded = restore::load_manifest(&store, &run(), 1).await.unwrap();
+    restore::download(&store, &loaded, &target, 2, &KnownChunks::default()).await.unwrap();
+    assert_eq!(read_tree(&target), files);
+}
+
+#[tokio::test]
+async fn content_already_in_the_store_is_not_stored_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let src = tmp.path().join("ckpt");
+    checkpoint(&src, 2);
+    let first = commit(&store, tmp.path(), &src, 1, &KnownChunks::default()).await;
+    let objects = backend.list("chunks/").await.unwrap().len();
+
+    // A new process (nothing known) finds every chunk by asking the store.
+    let second = commit(&store, tmp.path(), &src, 2, &KnownChunks::default()).await;
+    assert_eq!((second.sizes.new_bytes, second.sizes.stored_bytes), (0, 0), "{:?}", second.sizes);
+    assert_eq!(second.sizes.logical_bytes, first.sizes.logical_bytes);
+    assert_eq!(backend.list("chunks/").await.unwrap().len(), objects, "no chunk object added");
+
+    // Changing one small file stores that file's bytes and nothing else.
+    std::fs::write(src.join("resume.sh"), b"#!/bin/sh\necho changed\n").unwrap();
+    let third = commit(&store, tmp.path(), &src, 3, &KnownChunks::default()).await;
+    assert_eq!(third.sizes.new_bytes, b"#!/bin/sh\necho changed\n".len() as u64, "{:?}", third.sizes);
+    assert_eq!(store.list_manifests(&run()).await.unwrap(), [1, 2, 3]);
+}
+
+/// Two checkpoints with no chunk in common; the newer one is then damaged by `damage`.
+/// Restore must skip it, say why, and bring back the older one whole.
+async fn falls_back_when(damage: impl AsyncFnOnce(&MemoryBackend, &Manifest), why: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let (old_src, new_src) = (tmp.path().join("old"), tmp.path().join("new"));
+    let old_files = checkpoint(&old_src, 3);
+    checkpoint(&new_src, 4);
+    let known = KnownChunks::default();
+    commit(&store, tmp.path(), &old_src, 1, &known).await;
+    let newer = commit(&store, tmp.path(), &new_src, 2, &known).await;
+    damage(&backend, &newer).await;
+
+    let restored = restore::restore_latest(&store, &run(), &tmp.path().join("work"), 4, &KnownChunks::default()).await.unwrap();
+    let (m, dir) = restored.found.expect("the older checkpoint is restored");
+    assert_eq!(m.seq, 1);
+    assert_eq!(read_tree(&dir), old_files);
+    assert_eq!(restored.skipped.len(), 1, "{:?}", restored.skipped);
+    assert_eq!(restored.skipped[0].0, 2);
+    assert!(restored.skipped[0].1.contains(why), "skipped for {:?}, expected a reason containing {why:?}", restored.skipped[0].1);
+    assert!(!tmp.path().join("work/restore-2").exists(), "the damaged checkpoint's partial files are removed");
+}
+
+fn weights_chunk(m: &Manifest) -> String {
+    m.files.iter().find(|f| f.path == "model.pt").unwrap().chunks[1].hash.clone()
+}
+
+#[tokio::test]
+async fn a_chunk_overwritten_in_the_store_makes_restore_fall_back() {
+    falls_back_when(
+        async |backend, newer| {
+            let key = chunk_key(&weights_chunk(newer));
+            let size = backend.head(&key).await.unwrap().unwrap();
+            // Same size, other bytes: only the hash check can tell.
+            backend.put(&key, Bytes::from(noise(99, size as usize)), false).await.unwrap();
+        },
+        "damaged in the store",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_missing_from_the_store_makes_restore_fall_back() {
+    falls_back_when(async |backend, newer| backend.delete(&chunk_key(&weights_chunk(newer))).await.unwrap(), "not found").await;
+}
+
+#[tokio::test]
+async fn a_manifest_over_the_size_limit_is_refused_and_restore_falls_back() {
+    falls_back_when(
+        async |backend, _| {
+            let huge = Bytes::from(vec![b' '; MAX_MANIFEST_BYTES as usize + 1]);
+            backend.put(&manifest_key(&run(), 2), huge, false).await.unwrap();
+        },
+        "more than the",
+    )
+    .await;
+    let (backend, store) = memory_store();
+    backend.put(&manifest_key(&run(), 5), Bytes::from(vec![b' '; MAX_MANIFEST_BYTES as usize + 1]), true).await.unwrap();
+    match store.get_manifest_bytes(&run(), 5).await {
+        Err(super::StoreError::TooLarge { size, limit, .. }) => assert_eq!((size, limit), (MAX_MANIFEST_BYTES + 1, MAX_MANIFEST_BYTES)),
+        other => panic!("expected TooLarge, got {:?}", other.map(|b| b.len())),
+    }
+}
