@@ -8,9 +8,8 @@
 //! of one process, each with its own server and CA, and one process-wide environment can
 //! describe only one of them (and changing it while other threads read it is a race).
 
-mod common;
-use common::pelican::Federation;
-use common::*;
+use crate::common::pelican::Federation;
+use crate::common::*;
 
 use baton::store::conformance::{self, Capabilities};
 use baton::store::{Backend, PelicanBackend, S3Backend, S3Settings, StoreUrl};

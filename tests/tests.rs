@@ -3,6 +3,8 @@
 
 mod common;
 
+// The backend conformance suite against real servers (moto S3, the Pelican double).
+mod backends;
 // Bad input: one clear message, a documented exit code, and nothing started.
 mod bad_input;
 // baton reporting into the job ad through a Chirp proxy; a broken proxy never disturbs training.
