@@ -105,6 +105,22 @@ impl Classify for Failure {
     }
 }
 
+/// An error and its causes as one line, each cause once: many errors already name
+/// their cause in their own message, and printing the chain as well said it twice.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Shorthand for a usage error at the edges.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     Failure::new(ErrorKind::Usage, message).into()
@@ -132,5 +148,13 @@ mod tests {
         assert_eq!(codes, [2, 70, 70, 71, 72, 73, 126, 127]);
         assert!(ErrorKind::Transient.is_transient());
         assert!(!ErrorKind::Permanent.is_transient());
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::from(io).context("writing w.pt: disk on fire").context("checkpoint 3");
+        assert_eq!(chain(e.as_ref()), "checkpoint 3: writing w.pt: disk on fire");
+        assert_eq!(format!("{e:#}"), "checkpoint 3: writing w.pt: disk on fire: disk on fire");
     }
 }

@@ -50,7 +50,10 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
             let m = load_manifest(store, run, seq).await.map_err(|e| {
                 Failure::new(
                     ErrorKind::Integrity,
-                    format!("{e:#}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)"),
+                    format!(
+                        "{}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that manifest first)",
+                        crate::error::chain(&e)
+                    ),
                 )
             })?;
             referenced.extend(m.chunk_hashes().map(str::to_string));

@@ -206,8 +206,9 @@ pub async fn restore_latest(store: &Store, run: &RunId, work: &Path, concurrency
                 if e.kind() != ErrorKind::Integrity {
                     return Err(anyhow::Error::from(e));
                 }
-                tracing::warn!("SKIPPING DAMAGED CHECKPOINT {seq} of run {run}: {e:#}; falling back to the previous one");
-                skipped.push((seq, format!("{e:#}")));
+                let why = crate::error::chain(&e);
+                tracing::warn!("SKIPPING DAMAGED CHECKPOINT {seq} of run {run}: {why}; falling back to the previous one");
+                skipped.push((seq, why));
             }
         }
     }

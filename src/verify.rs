@@ -34,7 +34,12 @@ pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize
         Ok(m) => m,
         Err(e) if e.kind() != ErrorKind::Integrity => return Err(e.into()),
         Err(e) => {
-            report.damaged.push(Damage { run: run.to_string(), seq, file: None, problem: format!("manifest: {e:#}") });
+            report.damaged.push(Damage {
+                run: run.to_string(),
+                seq,
+                file: None,
+                problem: format!("manifest: {}", crate::error::chain(&e)),
+            });
             return Ok(());
         }
     };

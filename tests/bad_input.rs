@@ -133,3 +133,53 @@ fn s3_keys_delivered_as_files_work() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("secret-from-file"));
 }
+
+#[test]
+fn checkpoint_exit_codes_outside_1_to_255() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // 0 would restart a finished command forever.
+    run_fails(&["run", "--store", s, "--run-id", "r", "--checkpoint-exit-code", "0", "--", "true"], &[], 2, "0 means the command finished");
+    for code in ["300", "256", "x"] {
+        run_fails(&["run", "--store", s, "--run-id", "r", "--checkpoint-exit-code", code, "--", "true"], &[], 2, "from 1 to 255");
+    }
+}
+
+#[test]
+fn checkpoint_dir_that_is_a_file() {
+    let store = tempfile::tempdir().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let file = slot.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let f = file.to_str().unwrap();
+    run_fails(&["run", "--store", store.path().to_str().unwrap(), "--run-id", "r", "--dir", f, "--", "true"], &[], 2, f);
+}
+
+#[test]
+fn restore_into_a_dangling_symlink() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "r", &[], &[], &["sh", "-c", "echo w > $BATON_CHECKPOINT_DIR/w"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let link = slot.path().join("dangling");
+    std::os::unix::fs::symlink(slot.path().join("nowhere"), &link).unwrap();
+    run_fails(&["restore", "--store", s, "r", "--to", link.to_str().unwrap()], &[], 2, "is a symbolic link");
+    assert!(!slot.path().join("nowhere").exists(), "restore followed the link");
+}
+
+#[test]
+fn an_error_names_each_cause_once() {
+    // A damaged manifest: its parse error is part of the message, and must not be
+    // printed a second time as the cause.
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let dir = store.path().join("runs/r/checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0000000001.json"), b"{not json").unwrap();
+    let out = baton().args(["inspect", "--store", s, "r", "1"]).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    let cause = "key must be a string";
+    assert_eq!(err.matches(cause).count(), 1, "the cause is printed more than once: {err}");
+}

@@ -95,7 +95,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
     for seq in seqs {
         match load_manifest(store, run, seq).await {
             Ok(m) => checkpoints.push(CheckpointRow { seq, manifest: Some(m), error: None }),
-            Err(e) => checkpoints.push(CheckpointRow { seq, manifest: None, error: Some(format!("{e:#}")) }),
+            Err(e) => checkpoints.push(CheckpointRow { seq, manifest: None, error: Some(baton::error::chain(&e)) }),
         }
     }
     let detail = RunDetail { run_id: run.to_string(), checkpoints, attempts };
@@ -148,7 +148,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
 }
 
 async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> anyhow::Result<i32> {
-    let m = load_manifest(store, run, seq).await.map_err(|e| Failure::new(ErrorKind::Permanent, format!("{e:#}")))?;
+    let m = load_manifest(store, run, seq).await.map_err(|e| Failure::new(ErrorKind::Permanent, baton::error::chain(&e)))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(0);

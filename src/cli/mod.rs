@@ -177,7 +177,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("baton: error: {e:#}");
+            eprintln!("baton: error: {}", baton::error::chain(e.as_ref()));
             exit::code_of(&e)
         }
     }

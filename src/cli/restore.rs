@@ -26,9 +26,13 @@ pub struct Args {
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let store = a.store.open()?;
     let target = std::path::absolute(&a.to).map_err(|e| usage(format!("{}: {e}", a.to.display())))?;
-    if target.exists() {
-        let empty = std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(false);
-        if !empty || std::fs::symlink_metadata(&target)?.file_type().is_symlink() {
+    // symlink_metadata, not exists(): a link (even a dangling one) is refused, never followed.
+    if let Ok(meta) = std::fs::symlink_metadata(&target) {
+        if meta.file_type().is_symlink() {
+            return Err(usage(format!("{} is a symbolic link; restore into a new directory", target.display())));
+        }
+        let empty = meta.is_dir() && std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty {
             return Err(usage(format!("{} exists and is not an empty directory; restore into a new directory", target.display())));
         }
     }

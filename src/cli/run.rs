@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Exit code meaning "checkpoint written, restart me" [default: the job ad's SuccessCheckpointExitCode].
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "CODE", value_parser = parse_checkpoint_exit_code)]
     checkpoint_exit_code: Option<i32>,
     /// Time between the soft kill and the hard kill, e.g. 600s or 2m
     /// [default: job ad JobMaxVacateTime, else machine ad MachineMaxVacateTime, else 30s].
@@ -67,6 +67,16 @@ pub struct Args {
     /// The training command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+/// 0 means "finished" and would restart a finished command forever; exit statuses are
+/// 0-255, and 128 + N is how a shell reports death by signal N.
+fn parse_checkpoint_exit_code(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(0) => Err("0 means the command finished; pick a code the trainer uses only for \"checkpoint written, restart me\" (HTCondor's convention is 85)".into()),
+        Ok(c) if (1..=255).contains(&c) => Ok(c),
+        _ => Err(format!("{s}: an exit code is a number from 1 to 255 (HTCondor's convention is 85)")),
+    }
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -112,6 +122,12 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         },
     };
     let dir = std::path::absolute(&dir).map_err(|e| usage(format!("{}: {e}", dir.display())))?;
+    if std::fs::metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(usage(format!(
+            "the checkpoint directory {} exists and is not a directory; pass --dir with a directory",
+            dir.display()
+        )));
+    }
     if let (StoreUrl::Dir(store_dir), Some(scratch), true) = (&url, &sandbox.scratch, sandbox.job.is_some()) {
         if std::path::absolute(store_dir).map(|p| p.starts_with(scratch)).unwrap_or(false) {
             tracing::warn!(
@@ -140,9 +156,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     }
     let checkpoint_exit_code = match (a.checkpoint_exit_code, sandbox.checkpoint_exit_code()) {
         (Some(c), _) => Some(c),
-        (None, Some(c)) => {
+        (None, Some(c)) if (1..=255).contains(&c) => {
             tracing::info!("checkpoint exit code {c} from the job ad (SuccessCheckpointExitCode)");
             Some(c)
+        }
+        (None, Some(c)) => {
+            tracing::warn!("ignoring SuccessCheckpointExitCode = {c} in the job ad: a checkpoint exit code is a number from 1 to 255");
+            None
         }
         (None, None) => None,
     };

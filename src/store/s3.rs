@@ -126,7 +126,7 @@ or a shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)"
                 StoreError::Auth { store: self.store_name(), detail: auth_detail(&e) }
             }
             other => {
-                let text = chain(&other);
+                let text = crate::error::chain(&other);
                 let lower = text.to_ascii_lowercase();
                 if ["invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden", "status: 403"]
                     .iter()
@@ -212,20 +212,6 @@ fn parse_shared_credentials(text: &str, profile: &str) -> Option<FileCredentials
     Some(FileCredentials { key: key?, secret: secret?, token })
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// The innermost cause ("Connection refused (os error 111)"), which is what a user can act on.
 fn root_cause(e: &dyn std::error::Error) -> String {
     let mut cur = e;
@@ -237,7 +223,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 /// The S3 error code and message from the response body, e.g. "InvalidAccessKeyId: ...".
 fn auth_detail(e: &dyn std::error::Error) -> String {
-    let text = chain(e);
+    let text = crate::error::chain(e);
     let tag = |name: &str| {
         let open = format!("<{name}>");
         let start = text.find(&open)? + open.len();
