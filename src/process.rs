@@ -104,6 +104,59 @@ pub fn signal_group(pgid: Pid, sig: Signal) {
     let _ = killpg(pgid, sig);
 }
 
+/// A process as `/proc` shows it: enough to decide whom a forwarded signal reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub pid: i32,
+    pub pgid: i32,
+    /// (device, inode) of the program it runs, when readable.
+    pub exe: Option<(u64, u64)>,
+}
+
+/// Who gets a forwarded eviction signal: every member of group `pgid` except processes
+/// running baton's own program (`own_exe`). Those are `baton commit`s the trainer started:
+/// they ignore eviction signals from the first line of `main`, but a signal landing
+/// between their `exec` and that line would kill them, and the trainer would see its
+/// commit fail at the very moment it saves.
+pub fn forward_targets(table: &[ProcEntry], pgid: i32, own_exe: Option<(u64, u64)>) -> Vec<i32> {
+    table.iter().filter(|p| p.pgid == pgid && (own_exe.is_none() || p.exe != own_exe)).map(|p| p.pid).collect()
+}
+
+fn exe_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Every process's pid, process group and program, from /proc.
+fn proc_table() -> Vec<ProcEntry> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the parenthesised name: state, ppid, pgrp.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(pgid) = rest.split_whitespace().nth(2).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        out.push(ProcEntry { pid, pgid, exe: exe_id(&format!("/proc/{pid}/exe")) });
+    }
+    out
+}
+
+/// Forward an eviction signal to the command's process group, sparing baton's own
+/// `baton commit` processes (see [`forward_targets`]). Falls back to the whole group
+/// when /proc cannot be read.
+pub fn forward_to_group(pgid: Pid, sig: Signal) {
+    let own = exe_id("/proc/self/exe");
+    let table = proc_table();
+    if table.is_empty() || own.is_none() {
+        signal_group(pgid, sig);
+        return;
+    }
+    for pid in forward_targets(&table, pgid.as_raw(), own) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+    }
+}
+
 /// Reap every child that has exited; return the status of `main` if it was among them.
 pub fn reap(main: Option<Pid>) -> Option<Exit> {
     let mut found = None;
@@ -204,6 +257,31 @@ mod tests {
     fn statuses_are_reported_like_a_shell() {
         assert_eq!(Exit::Code(3).status(), 3);
         assert_eq!(Exit::Signal(9).status(), 137);
+    }
+
+    #[test]
+    fn forwarded_signals_spare_batons_own_processes_only() {
+        let baton = Some((1, 100));
+        let python = Some((1, 200));
+        let table = [
+            ProcEntry { pid: 10, pgid: 10, exe: python }, // the trainer
+            ProcEntry { pid: 11, pgid: 10, exe: python }, // a data-loader worker
+            ProcEntry { pid: 12, pgid: 10, exe: baton },  // `baton commit` just started
+            ProcEntry { pid: 13, pgid: 10, exe: None },   // unreadable: signalled
+            ProcEntry { pid: 20, pgid: 20, exe: python }, // another group
+            ProcEntry { pid: 5, pgid: 5, exe: baton },    // the supervisor itself
+        ];
+        assert_eq!(forward_targets(&table, 10, baton), [10, 11, 13]);
+        assert_eq!(forward_targets(&table, 10, None), [10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn the_proc_table_sees_this_process_and_its_program() {
+        let me = std::process::id() as i32;
+        let table = proc_table();
+        let entry = table.iter().find(|p| p.pid == me).expect("this process is in /proc");
+        assert_eq!(entry.pgid, nix::unistd::getpgrp().as_raw());
+        assert_eq!(entry.exe, exe_id("/proc/self/exe"));
     }
 
     #[test]
