@@ -11,7 +11,7 @@ use crate::signals::CHILD as SIGCHLD;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,8 +33,12 @@ use crate::store::KnownChunks;
 use crate::store::{Store, StoreError};
 use crate::upload::{self, CommitInfo};
 
-/// How long baton waits at exit for the last progress to reach the job ad.
-const CHIRP_EXIT_WAIT: Duration = Duration::from_secs(1);
+mod deadlines;
+mod ending;
+mod ledger;
+
+use deadlines::Deadlines;
+use ledger::Ledger;
 
 pub struct RunConfig {
     pub store: Store,
@@ -183,7 +187,7 @@ fn superseded(done_tx: &mpsc::UnboundedSender<Done>, seq: u64, action: &str) {
 
 enum Phase {
     Running,
-    Draining { since: Instant, at: f64, signal: i32, killed: bool },
+    Draining { deadlines: Deadlines, at: f64, signal: i32, killed: bool },
 }
 
 struct Supervisor {
@@ -192,17 +196,11 @@ struct Supervisor {
     state_dir: PathBuf,
     child: Pid,
     phase: Phase,
-    next_seq: u64,
+    ledger: Ledger,
     /// The checkpoint the command was last started from (restore or in-place restart).
     restored: Option<(u64, Option<u64>, Option<u64>, String)>,
     jobs: mpsc::UnboundedSender<Job>,
     newest_only: Arc<AtomicBool>,
-    outstanding: BTreeSet<u64>,
-    committed: Vec<u64>,
-    durable: Vec<u64>,
-    final_seq: Option<u64>,
-    /// The newest snapshot's seq and what its live files looked like when copied.
-    last_stamps: Option<(u64, Vec<capture::FileStamp>)>,
     /// Progress into the job ad, under HTCondor.
     chirp: Option<Chirp>,
     /// Set when another attempt of the same run wrote one of our seqs: this attempt is a
@@ -244,24 +242,21 @@ impl Supervisor {
     /// The last commit, when the checkpoint directory is exactly as it was then (same
     /// files, same inodes, same change times) and that commit is durable or on its way.
     async fn unchanged_since(&self) -> Option<u64> {
-        let (seq, before) = self.last_stamps.as_ref()?;
-        if !(self.durable.contains(seq) || self.outstanding.contains(seq)) {
-            return None;
-        }
+        let (seq, before) = self.ledger.repeatable()?;
         let src = self.cfg.dir.clone();
         let now = tokio::task::spawn_blocking(move || capture::stamps(&src)).await.ok()?.ok()?;
-        (&now == before).then_some(*seq)
+        (now == before).then_some(seq)
     }
 
     /// Copy the checkpoint directory as it is now and queue it for upload.
     async fn capture(&mut self, reason: Reason, req: commit::Request) -> Result<u64, String> {
-        let seq = self.next_seq;
-        let source = match self.unchanged_since().await {
+        let seq = self.ledger.next_seq();
+        let (source, stamps) = match self.unchanged_since().await {
             Some(same) => {
                 tracing::info!(
                     "checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files"
                 );
-                Source::Same(same)
+                (Source::Same(same), None)
             }
             None => {
                 let snap = self.snapshot(seq, reason).await?;
@@ -272,14 +267,12 @@ impl Supervisor {
                     format::bytes(snap.logical_bytes()),
                     snap.seconds
                 );
-                self.last_stamps = Some((seq, snap.stamps.clone()));
-                Source::Snapshot(snap)
+                let stamps = snap.stamps.clone();
+                (Source::Snapshot(snap), Some(stamps))
             }
         };
-        self.next_seq += 1;
+        let seq = self.ledger.commit(stamps);
         let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
-        self.committed.push(seq);
-        self.outstanding.insert(seq);
         if self.jobs.send(Job { info, source }).is_err() {
             return Err("the uploader has stopped".into());
         }
@@ -306,7 +299,10 @@ impl Supervisor {
     }
 
     fn on_upload_done(&mut self, (seq, result): Done) {
-        self.outstanding.remove(&seq);
+        match &result {
+            Ok(_) => self.ledger.made_durable(seq),
+            Err(_) => self.ledger.gave_up(seq),
+        }
         match result {
             Ok(m) => {
                 let s = &m.sizes;
@@ -319,7 +315,6 @@ impl Supervisor {
                     format::bytes(s.stored_bytes),
                     s.upload_seconds
                 );
-                self.durable.push(seq);
                 if let Some(c) = &self.chirp {
                     c.report(chirp::progress_attrs(m.seq, m.epoch, m.step, m.created));
                 }
@@ -348,36 +343,33 @@ impl Supervisor {
             );
             let since = crate::signals::first_eviction();
             let at = attempt::now() - since.elapsed().as_secs_f64();
-            self.phase = Phase::Draining { since, at, signal: sig, killed: false };
+            let deadlines = Deadlines::new(since, self.cfg.vacate_window, self.cfg.trainer_share);
+            self.phase = Phase::Draining { deadlines, at, signal: sig, killed: false };
             self.newest_only.store(true, Ordering::SeqCst);
         }
         process::signal_group(self.child, fwd);
     }
 
+    fn deadlines(&self) -> Option<Deadlines> {
+        match self.phase {
+            Phase::Draining { deadlines, .. } => Some(deadlines),
+            Phase::Running => None,
+        }
+    }
+
     fn trainer_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Draining { since, killed: false, .. } => Some(since + self.cfg.vacate_window.mul_f64(self.cfg.trainer_share)),
+            Phase::Draining { deadlines, killed: false, .. } => Some(deadlines.trainer()),
             _ => None,
         }
     }
 
-    /// When the flush must stop: leaves a slice before the exit deadline for the
-    /// attempt record.
     fn flush_deadline(&self) -> Option<Instant> {
-        let allowance = (self.cfg.vacate_window / 20).min(Duration::from_secs(1));
-        self.exit_deadline().map(|d| d - allowance)
+        self.deadlines().map(|d| d.flush())
     }
 
-    /// When baton must be gone: the end of the vacate window, less a safety margin.
     fn exit_deadline(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Draining { since, .. } => {
-                let w = self.cfg.vacate_window;
-                let margin = (w / 10).min(Duration::from_secs(5));
-                Some(since + w - margin)
-            }
-            Phase::Running => None,
-        }
+        self.deadlines().map(|d| d.exit())
     }
 }
 
@@ -468,15 +460,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         state_dir,
         child: Pid::from_raw(0),
         phase: Phase::Running,
-        next_seq,
+        ledger: Ledger::new(next_seq),
         restored: restored_info,
         jobs,
         newest_only,
-        outstanding: BTreeSet::new(),
-        committed: vec![],
-        durable: vec![],
-        final_seq: None,
-        last_stamps: None,
         chirp: Chirp::from_env(),
         conflict: None,
     };
@@ -488,7 +475,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     while let Some(Some(sig)) = futures::FutureExt::now_or_never(sigs.next()) {
         if sig != SIGCHLD {
             tracing::warn!("eviction signal {sig} arrived before the command started; not starting it");
-            sv.phase = Phase::Draining { since: Instant::now(), at: attempt::now(), signal: sig, killed: true };
+            let deadlines = Deadlines::new(Instant::now(), sv.cfg.vacate_window, sv.cfg.trainer_share);
+            sv.phase = Phase::Draining { deadlines, at: attempt::now(), signal: sig, killed: true };
             end_record(&sv, Ending::Evicted, None, None, None).await;
             let _ = std::fs::remove_file(&socket);
             return Ok(128 + sig);
@@ -561,7 +549,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
             }
             (Phase::Running, Exit::Code(0)) => {
                 match sv.capture(Reason::Final, commit::Request::default()).await {
-                    Ok(seq) => sv.final_seq = Some(seq),
+                    Ok(seq) => sv.ledger.set_final(seq),
                     Err(e) => tracing::warn!("no final checkpoint: {e}"),
                 }
                 break Ok(exit);
@@ -587,23 +575,24 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     };
     match &sv.phase {
         Phase::Running => tracing::info!("command ended with {exit}"),
-        Phase::Draining { since, .. } => {
-            tracing::info!("command ended with {exit}, {:.1} s after the eviction signal", since.elapsed().as_secs_f64())
+        Phase::Draining { deadlines, .. } => {
+            tracing::info!("command ended with {exit}, {:.1} s after the eviction signal", deadlines.since().elapsed().as_secs_f64())
         }
     }
 
     // Flushing.
-    let drain_seconds = match sv.phase {
-        Phase::Draining { since, .. } => Some(since.elapsed().as_secs_f64()),
-        _ => None,
-    };
+    let drain_seconds = sv.deadlines().map(|d| d.since().elapsed().as_secs_f64());
     let flush_start = Instant::now();
-    let flushed_any = !sv.outstanding.is_empty();
-    while !sv.outstanding.is_empty() {
+    let flushed_any = !sv.ledger.outstanding().is_empty();
+    while !sv.ledger.outstanding().is_empty() {
         let deadline = sv.flush_deadline();
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
-            tracing::info!("flushing {} checkpoint(s), {:.1} s left before the hard kill", sv.outstanding.len(), left.as_secs_f64());
+            tracing::info!(
+                "flushing {} checkpoint(s), {:.1} s left before the hard kill",
+                sv.ledger.outstanding().len(),
+                left.as_secs_f64()
+            );
         }
         tokio::select! {
             Some(done) = done_rx.recv() => sv.on_upload_done(done),
@@ -614,7 +603,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
             _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()), if deadline.is_some() => {
                 tracing::error!(
                     "FLUSH INCOMPLETE: checkpoint(s) {:?} could not be made durable before the vacate deadline; the newest durable checkpoint stays the latest",
-                    sv.outstanding
+                    sv.ledger.outstanding()
                 );
                 break;
             }
@@ -624,26 +613,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     if let (Some(c), true) = (&sv.chirp, flushed_any) {
         c.report(chirp::flush_attrs(flush_seconds));
     }
-    if sv.outstanding.is_empty() {
+    if sv.ledger.outstanding().is_empty() {
         let _ = std::fs::remove_dir_all(sv.state_dir.join("staging"));
     }
 
-    let final_lost = sv.final_seq.filter(|seq| !sv.durable.contains(seq));
-    let (ending, status) = match (&sv.phase, exit) {
-        (_, Exit::Code(0)) if final_lost.is_some() => {
-            tracing::error!("the command finished but its final checkpoint {} is not durable", final_lost.unwrap_or(0));
-            (Ending::BatonError, ExitCode::Checkpoint as i32)
-        }
-        (Phase::Draining { .. }, _) => (Ending::Evicted, exit.status()),
-        (Phase::Running, Exit::Code(0)) => (Ending::Completed, 0),
-        (Phase::Running, Exit::Code(c)) => (Ending::Failed, c),
-        (Phase::Running, Exit::Signal(s)) => (Ending::Killed, 128 + s),
-    };
+    let final_lost = sv.ledger.final_lost();
+    let (ending, status) = ending::decide(sv.deadlines().is_some(), exit, final_lost.is_some());
+    if let (Ending::BatonError, Some(seq)) = (ending, final_lost) {
+        tracing::error!("the command finished but its final checkpoint {seq} is not durable");
+    }
     end_record(&sv, ending, Some(exit), Some((flush_seconds, drain_seconds)), None).await;
     if let Some(c) = &sv.chirp {
         // Best effort, and never past the point where baton must be gone.
-        let left = sv.exit_deadline().map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(CHIRP_EXIT_WAIT);
-        c.wait_idle(left.min(CHIRP_EXIT_WAIT));
+        c.wait_idle(deadlines::chirp_budget(sv.exit_deadline(), Instant::now()));
     }
     Ok(status)
 }
@@ -670,8 +652,8 @@ async fn end_record(sv: &Supervisor, ending: Ending, exit: Option<Exit>, timing:
             Some(Exit::Signal(s)) => Some(s),
             _ => None,
         },
-        committed: sv.committed.clone(),
-        durable: sv.durable.clone(),
+        committed: sv.ledger.committed().to_vec(),
+        durable: sv.ledger.durable().to_vec(),
         eviction_signal: match sv.phase {
             Phase::Draining { signal, .. } => Some(signal),
             _ => None,
@@ -686,10 +668,7 @@ async fn end_record(sv: &Supervisor, ending: Ending, exit: Option<Exit>, timing:
     };
     let Ok(body) = serde_json::to_vec_pretty(&record) else { return };
     // Never let bookkeeping eat into the vacate window.
-    let limit = match sv.exit_deadline() {
-        Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_secs(10)),
-        None => Duration::from_secs(30),
-    };
+    let limit = deadlines::record_budget(sv.exit_deadline(), Instant::now());
     match tokio::time::timeout(limit, sv.cfg.store.put_attempt_end(&sv.cfg.run, sv.attempt.number, body.into())).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("could not write the attempt record: {e}"),
