@@ -11,11 +11,8 @@ use crate::signals::CHILD as SIGCHLD;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -26,19 +23,21 @@ use crate::commit;
 use crate::error::{ExitCode, Failure};
 use crate::format;
 use crate::identity::RunId;
-use crate::manifest::{JobIds, Manifest, Reason};
+use crate::manifest::{JobIds, Reason};
 use crate::process::{self, Exit};
 use crate::restore;
 use crate::store::KnownChunks;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::upload::{self, CommitInfo};
 
 mod deadlines;
 mod ending;
 mod ledger;
+mod uploader;
 
 use deadlines::Deadlines;
 use ledger::Ledger;
+use uploader::{Done, Job, Outcome, Source, Uploader};
 
 pub struct RunConfig {
     pub store: Store,
@@ -65,126 +64,6 @@ pub fn state_dir_for(dir: &Path) -> PathBuf {
     dir.with_file_name(format!(".baton-{name}"))
 }
 
-struct Job {
-    info: CommitInfo,
-    source: Source,
-}
-
-enum Source {
-    /// A fresh copy of the checkpoint directory.
-    Snapshot(Snapshot),
-    /// The same files as this earlier seq: the directory has not changed since.
-    Same(u64),
-}
-
-impl Source {
-    fn discard(&self) {
-        if let Source::Snapshot(s) = self {
-            s.discard();
-        }
-    }
-}
-
-/// An upload's outcome: the manifest, or why not and whether another writer owns the seq.
-type Done = (u64, Result<Manifest, (String, bool)>);
-
-/// The background uploader: one checkpoint at a time, oldest first. Once `newest_only`
-/// is set (eviction), checkpoints that a newer one supersedes are dropped, whether
-/// queued or being uploaded.
-fn spawn_uploader(
-    store: Store,
-    attempt: Attempt,
-    settings: upload::Settings,
-    known: KnownChunks,
-    newest_only: Arc<AtomicBool>,
-) -> (mpsc::UnboundedSender<Job>, mpsc::UnboundedReceiver<Done>) {
-    let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-    tokio::spawn(async move {
-        let mut queue: VecDeque<Job> = VecDeque::new();
-        // The newest checkpoint uploaded from a snapshot: what a `Source::Same` repeats.
-        let mut last_ok: Option<Manifest> = None;
-        loop {
-            while let Ok(j) = job_rx.try_recv() {
-                queue.push_back(j);
-            }
-            if queue.is_empty() {
-                match job_rx.recv().await {
-                    Some(j) => queue.push_back(j),
-                    None => return,
-                }
-                continue;
-            }
-            if newest_only.load(Ordering::SeqCst) {
-                while queue.len() > 1 {
-                    let old: Job = queue.pop_front().expect("len > 1");
-                    // A newer commit that repeats this one takes over its files.
-                    let newest = queue.back_mut().expect("len > 1");
-                    if matches!(newest.source, Source::Same(seq) if seq == old.info.seq) {
-                        newest.source = old.source;
-                    } else {
-                        old.source.discard();
-                    }
-                    superseded(&done_tx, old.info.seq, "skipping");
-                }
-            }
-            let job = queue.pop_front().expect("not empty");
-            // During an eviction a newer commit also supersedes the upload in flight: only
-            // the newest checkpoint has to beat the hard kill, and the window may not hold
-            // two uploads. (Not when the newer commit repeats this one's files.)
-            let result = {
-                let upload = async {
-                    match &job.source {
-                        Source::Snapshot(snap) => upload::upload(&store, &attempt, &job.info, snap, &settings, &known).await,
-                        Source::Same(seq) => match &last_ok {
-                            Some(m) if m.seq == *seq => upload::repeat(&store, &attempt, &job.info, m).await,
-                            _ => Err(anyhow::anyhow!("it repeats checkpoint {seq}, which did not become durable")),
-                        },
-                    }
-                };
-                tokio::pin!(upload);
-                loop {
-                    tokio::select! {
-                        r = &mut upload => break Some(r),
-                        Some(j) = job_rx.recv() => {
-                            let needs_this = matches!(j.source, Source::Same(seq) if seq == job.info.seq);
-                            queue.push_back(j);
-                            if newest_only.load(Ordering::SeqCst) && !needs_this {
-                                break None;
-                            }
-                        }
-                    }
-                }
-            };
-            let Some(result) = result else {
-                // The manifest is an upload's last write, so a dropped one leaves only
-                // chunks, which a later upload reuses or `prune` collects.
-                job.source.discard();
-                superseded(&done_tx, job.info.seq, "cancelling");
-                continue;
-            };
-            if let (Ok(m), Source::Snapshot(_)) = (&result, &job.source) {
-                last_ok = Some(m.clone());
-            }
-            job.source.discard();
-            let result = result.map_err(|e| {
-                let conflict = e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Conflict { .. })));
-                (format!("{e:#}"), conflict)
-            });
-            let _ = done_tx.send((job.info.seq, result));
-        }
-    });
-    (job_tx, done_rx)
-}
-
-/// How an upload dropped for a newer commit is reported: not a failure.
-const SUPERSEDED: &str = "superseded during eviction";
-
-fn superseded(done_tx: &mpsc::UnboundedSender<Done>, seq: u64, action: &str) {
-    tracing::warn!("eviction: {action} the upload of checkpoint {seq} (superseded by a newer commit)");
-    let _ = done_tx.send((seq, Err((SUPERSEDED.into(), false))));
-}
-
 enum Phase {
     Running,
     Draining { deadlines: Deadlines, at: f64, signal: i32, killed: bool },
@@ -199,8 +78,7 @@ struct Supervisor {
     ledger: Ledger,
     /// The checkpoint the command was last started from (restore or in-place restart).
     restored: Option<(u64, Option<u64>, Option<u64>, String)>,
-    jobs: mpsc::UnboundedSender<Job>,
-    newest_only: Arc<AtomicBool>,
+    uploader: Uploader,
     /// Progress into the job ad, under HTCondor.
     chirp: Option<Chirp>,
     /// Set when another attempt of the same run wrote one of our seqs: this attempt is a
@@ -273,9 +151,7 @@ impl Supervisor {
         };
         let seq = self.ledger.commit(stamps);
         let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
-        if self.jobs.send(Job { info, source }).is_err() {
-            return Err("the uploader has stopped".into());
-        }
+        self.uploader.queue(Job { info, source }).map_err(|e| e.to_string())?;
         Ok(seq)
     }
 
@@ -298,13 +174,13 @@ impl Supervisor {
         Ok(snap)
     }
 
-    fn on_upload_done(&mut self, (seq, result): Done) {
-        match &result {
-            Ok(_) => self.ledger.made_durable(seq),
-            Err(_) => self.ledger.gave_up(seq),
+    fn on_upload_done(&mut self, Done { seq, outcome }: Done) {
+        match &outcome {
+            Outcome::Durable(_) => self.ledger.made_durable(seq),
+            _ => self.ledger.gave_up(seq),
         }
-        match result {
-            Ok(m) => {
+        match outcome {
+            Outcome::Durable(m) => {
                 let s = &m.sizes;
                 let rate = if s.upload_seconds > 0.0 { s.logical_bytes as f64 / s.upload_seconds / 1e6 } else { 0.0 };
                 tracing::info!(
@@ -319,12 +195,12 @@ impl Supervisor {
                     c.report(chirp::progress_attrs(m.seq, m.epoch, m.step, m.created));
                 }
             }
-            Err((e, _)) if e == SUPERSEDED => {}
-            Err((e, true)) => {
+            Outcome::Superseded => {}
+            Outcome::Conflict(e) => {
                 tracing::error!("CHECKPOINT {seq} BELONGS TO ANOTHER WRITER: {e}");
                 self.conflict = Some(e);
             }
-            Err((e, false)) => tracing::error!("UPLOAD OF CHECKPOINT {seq} FAILED: {e}; the previous checkpoint stays the latest"),
+            Outcome::Failed(e) => tracing::error!("UPLOAD OF CHECKPOINT {seq} FAILED: {e}; the previous checkpoint stays the latest"),
         }
     }
 
@@ -345,7 +221,7 @@ impl Supervisor {
             let at = attempt::now() - since.elapsed().as_secs_f64();
             let deadlines = Deadlines::new(since, self.cfg.vacate_window, self.cfg.trainer_share);
             self.phase = Phase::Draining { deadlines, at, signal: sig, killed: false };
-            self.newest_only.store(true, Ordering::SeqCst);
+            self.uploader.keep_newest_only();
         }
         process::signal_group(self.child, fwd);
     }
@@ -451,8 +327,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let (commit_tx, mut commit_rx) = mpsc::channel::<commit::Incoming>(4);
     let server = tokio::spawn(commit::serve(listener, commit_tx));
 
-    let newest_only = Arc::new(AtomicBool::new(false));
-    let (jobs, mut done_rx) = spawn_uploader(cfg.store.clone(), attempt.clone(), cfg.upload.clone(), known, newest_only.clone());
+    let (uploader, mut done_rx) = Uploader::spawn(cfg.store.clone(), attempt.clone(), cfg.upload.clone(), known);
 
     let mut sv = Supervisor {
         cfg,
@@ -462,8 +337,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         phase: Phase::Running,
         ledger: Ledger::new(next_seq),
         restored: restored_info,
-        jobs,
-        newest_only,
+        uploader,
         chirp: Chirp::from_env(),
         conflict: None,
     };
