@@ -32,10 +32,12 @@ use crate::upload::{self, CommitInfo};
 
 mod deadlines;
 mod ending;
+mod env;
 mod ledger;
 mod uploader;
 
 use deadlines::Deadlines;
+use env::StartedFrom;
 use ledger::Ledger;
 use uploader::{Done, Job, Outcome, Source, Uploader};
 
@@ -77,7 +79,7 @@ struct Supervisor {
     phase: Phase,
     ledger: Ledger,
     /// The checkpoint the command was last started from (restore or in-place restart).
-    restored: Option<(u64, Option<u64>, Option<u64>, String)>,
+    started_from: Option<StartedFrom>,
     uploader: Uploader,
     /// Progress into the job ad, under HTCondor.
     chirp: Option<Chirp>,
@@ -87,36 +89,6 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn env(&self, socket: &Path) -> (Vec<(String, String)>, Vec<&'static str>) {
-        let mut env = vec![
-            ("BATON_CHECKPOINT_DIR".into(), self.cfg.dir.display().to_string()),
-            ("BATON_RUN_ID".into(), self.cfg.run.to_string()),
-            ("BATON_ATTEMPT".into(), self.attempt.number.to_string()),
-            ("BATON_DEVICE".into(), self.cfg.device.clone()),
-            (commit::ENV_SOCKET.into(), socket.display().to_string()),
-        ];
-        if let Ok(exe) = std::env::current_exe() {
-            env.push(("BATON_BIN".into(), exe.display().to_string()));
-        }
-        let mut unset = vec![];
-        match &self.restored {
-            Some((seq, epoch, step, device)) => {
-                env.push(("BATON_RESTORED_SEQ".into(), seq.to_string()));
-                env.push(("BATON_PREV_DEVICE".into(), device.clone()));
-                match epoch {
-                    Some(e) => env.push(("BATON_RESTORED_EPOCH".into(), e.to_string())),
-                    None => unset.push("BATON_RESTORED_EPOCH"),
-                }
-                match step {
-                    Some(s) => env.push(("BATON_RESTORED_STEP".into(), s.to_string())),
-                    None => unset.push("BATON_RESTORED_STEP"),
-                }
-            }
-            None => unset.extend(["BATON_RESTORED_SEQ", "BATON_RESTORED_EPOCH", "BATON_RESTORED_STEP", "BATON_PREV_DEVICE"]),
-        }
-        (env, unset)
-    }
-
     /// The last commit, when the checkpoint directory is exactly as it was then (same
     /// files, same inodes, same change times) and that commit is durable or on its way.
     async fn unchanged_since(&self) -> Option<u64> {
@@ -274,7 +246,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
             m.device,
             restored.seconds
         );
-        restored_info = Some((m.seq, m.epoch, m.step, m.device.clone()));
+        restored_info = Some(StartedFrom::restored(m));
     } else {
         std::fs::create_dir_all(&cfg.dir)?;
         tracing::info!("no checkpoint of run {} in {}: fresh start", cfg.run, cfg.store.url());
@@ -290,7 +262,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         device: cfg.device.clone(),
         device_info: cfg.device_info.clone(),
         started,
-        restored_seq: restored_info.as_ref().map(|r| r.0),
+        restored_seq: restored_info.as_ref().map(|r| r.seq),
         skipped_damaged: restored.skipped.iter().map(|s| s.0).collect(),
         restore_seconds: restored.seconds,
         vacate_window_seconds: cfg.vacate_window.as_secs_f64(),
@@ -336,7 +308,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         child: Pid::from_raw(0),
         phase: Phase::Running,
         ledger: Ledger::new(next_seq),
-        restored: restored_info,
+        started_from: restored_info,
         uploader,
         chirp: Chirp::from_env(),
         conflict: None,
@@ -357,8 +329,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         }
     }
 
-    let (env, unset) = sv.env(&socket);
-    sv.child = match process::spawn(&sv.cfg.command, &env, &unset) {
+    let env = env::for_trainer(&sv.attempt, &sv.cfg.dir, &socket, sv.started_from.as_ref());
+    sv.child = match process::spawn(&sv.cfg.command, &env.set, &env.unset) {
         Ok(pid) => pid,
         Err(e) => {
             end_record(&sv, Ending::BatonError, None, None, Some(e.to_string())).await;
@@ -410,13 +382,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
         match (&sv.phase, exit) {
             (Phase::Running, Exit::Code(c)) if Some(c) == sv.cfg.checkpoint_exit_code => {
                 match sv.capture(Reason::CheckpointExit, commit::Request::default()).await {
-                    Ok(seq) => sv.restored = Some((seq, None, None, sv.cfg.device.clone())),
+                    Ok(seq) => sv.started_from = Some(StartedFrom { seq, epoch: None, step: None, device: sv.cfg.device.clone() }),
                     Err(e) => tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {c}: {e}"),
                 }
                 process::kill_everything(Some(sv.child));
                 tracing::info!("command exited with the checkpoint exit code {c}; restarting it in place");
-                let (env, unset) = sv.env(&socket);
-                match process::spawn(&sv.cfg.command, &env, &unset) {
+                let env = env::for_trainer(&sv.attempt, &sv.cfg.dir, &socket, sv.started_from.as_ref());
+                match process::spawn(&sv.cfg.command, &env.set, &env.unset) {
                     Ok(pid) => sv.child = pid,
                     Err(e) => break Err(spawn_failure(e)),
                 }
