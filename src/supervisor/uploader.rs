@@ -229,3 +229,150 @@ impl Worker {
 fn is_conflict(e: &anyhow::Error) -> bool {
     e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Conflict { .. })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture;
+    use crate::identity::RunId;
+    use crate::manifest::Reason;
+    use crate::store::StoreUrl;
+    use tempfile::TempDir;
+
+    /// A directory store, a live checkpoint directory and a staging area. The tests run
+    /// on a current-thread runtime, so the uploader sees every job queued before the
+    /// test first waits: what it drops during an eviction does not depend on timing.
+    struct Fixture {
+        _store: TempDir,
+        live: TempDir,
+        staging: TempDir,
+        store: Store,
+        attempt: Attempt,
+    }
+
+    fn fixture() -> Fixture {
+        let (store_dir, live, staging) = (temp(), temp(), temp());
+        let store = Store::open(&StoreUrl::Dir(store_dir.path().to_path_buf())).expect("a directory store");
+        let attempt = Attempt {
+            run: RunId::parse("uploader-test").expect("a valid run id"),
+            number: 1,
+            host: "test".into(),
+            device: "cpu".into(),
+            device_info: None,
+            htcondor: Default::default(),
+            writer: "test:1:1".into(),
+        };
+        Fixture { _store: store_dir, live, staging, store, attempt }
+    }
+
+    fn temp() -> TempDir {
+        tempfile::tempdir().expect("a temporary directory")
+    }
+
+    impl Fixture {
+        fn spawn(&self) -> (Uploader, mpsc::UnboundedReceiver<Done>) {
+            Uploader::spawn(self.store.clone(), self.attempt.clone(), upload::Settings::default(), KnownChunks::default())
+        }
+
+        /// The live directory holding `content`, snapshotted for `seq`.
+        fn snapshot(&self, seq: u64, content: &str) -> Source {
+            std::fs::write(self.live.path().join("model.bin"), content).expect("a file in the live directory");
+            let staging = self.staging.path().join(seq.to_string());
+            Source::Snapshot(capture::snapshot(self.live.path(), &staging, capture::Hold::Copy).expect("a snapshot"))
+        }
+    }
+
+    fn job(seq: u64, source: Source) -> Job {
+        let info = CommitInfo { seq, reason: Reason::Commit, epoch: None, step: None, meta: Default::default(), created: 1.7e9 };
+        Job { info, source }
+    }
+
+    async fn next(done: &mut mpsc::UnboundedReceiver<Done>) -> Done {
+        done.recv().await.expect("an outcome for every queued job")
+    }
+
+    fn durable(d: Done) -> Box<Manifest> {
+        match d.outcome {
+            Outcome::Durable(m) => m,
+            other => panic!("checkpoint {} is not durable: {other:?}", d.seq),
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_run_oldest_first_and_each_reports_once() {
+        let f = fixture();
+        let (up, mut done) = f.spawn();
+        up.queue(job(1, f.snapshot(1, "one"))).expect("the uploader runs");
+        up.queue(job(2, f.snapshot(2, "two"))).expect("the uploader runs");
+        let (a, b) = (next(&mut done).await, next(&mut done).await);
+        assert_eq!((a.seq, b.seq), (1, 2));
+        assert_ne!(durable(a).files, durable(b).files);
+    }
+
+    #[tokio::test]
+    async fn during_an_eviction_only_the_newest_queued_commit_is_uploaded() {
+        let f = fixture();
+        let (up, mut done) = f.spawn();
+        up.keep_newest_only();
+        for (seq, content) in [(1, "one"), (2, "two"), (3, "three")] {
+            up.queue(job(seq, f.snapshot(seq, content))).expect("the uploader runs");
+        }
+        for seq in [1, 2] {
+            let d = next(&mut done).await;
+            assert_eq!(d.seq, seq);
+            assert!(matches!(d.outcome, Outcome::Superseded), "{:?}", d.outcome);
+        }
+        let d = next(&mut done).await;
+        assert_eq!(d.seq, 3);
+        durable(d);
+    }
+
+    #[tokio::test]
+    async fn a_repeat_of_a_durable_snapshot_commits_the_same_files() {
+        let f = fixture();
+        let (up, mut done) = f.spawn();
+        up.queue(job(1, f.snapshot(1, "one"))).expect("the uploader runs");
+        up.queue(job(2, Source::Same(1))).expect("the uploader runs");
+        let (first, repeat) = (durable(next(&mut done).await), durable(next(&mut done).await));
+        assert_eq!((first.seq, repeat.seq), (1, 2));
+        assert_eq!(first.files, repeat.files);
+    }
+
+    #[tokio::test]
+    async fn a_superseding_repeat_takes_over_the_files_it_repeats() {
+        let f = fixture();
+        let (up, mut done) = f.spawn();
+        up.keep_newest_only();
+        up.queue(job(1, f.snapshot(1, "one"))).expect("the uploader runs");
+        up.queue(job(2, Source::Same(1))).expect("the uploader runs");
+        let d = next(&mut done).await;
+        assert_eq!(d.seq, 1);
+        assert!(matches!(d.outcome, Outcome::Superseded), "{:?}", d.outcome);
+        let repeat = durable(next(&mut done).await);
+        assert_eq!(repeat.seq, 2);
+        assert_eq!(repeat.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["model.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_repeat_of_a_checkpoint_that_never_became_durable_fails() {
+        let f = fixture();
+        let (up, mut done) = f.spawn();
+        up.queue(job(4, Source::Same(3))).expect("the uploader runs");
+        let d = next(&mut done).await;
+        assert_eq!(d.seq, 4);
+        match d.outcome {
+            Outcome::Failed(e) => assert!(e.contains("did not become durable"), "{e}"),
+            other => panic!("expected a failure: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_seq_another_writer_owns_is_a_conflict_not_a_failure() {
+        let f = fixture();
+        f.store.put_manifest(&f.attempt.run, 1, bytes::Bytes::from_static(b"{}")).await.expect("the other writer's manifest");
+        let (up, mut done) = f.spawn();
+        up.queue(job(1, f.snapshot(1, "one"))).expect("the uploader runs");
+        let d = next(&mut done).await;
+        assert!(matches!(d.outcome, Outcome::Conflict(_)), "{:?}", d.outcome);
+    }
+}
