@@ -1,0 +1,119 @@
+//! Running and draining: the event loop while the command lives, and what each event
+//! does to it.
+
+use nix::sys::signal::Signal;
+use std::ops::ControlFlow;
+
+use super::deadlines::Deadlines;
+use super::env::StartedFrom;
+use super::events::{Event, Events};
+use super::{spawn_failure, Phase, Supervisor};
+use crate::attempt;
+use crate::commit;
+use crate::manifest::Reason;
+use crate::process::{self, Exit};
+
+impl Supervisor {
+    /// Running and draining: act on events until the command has ended for good. An
+    /// error stops baton: the command could not be restarted, or another writer owns
+    /// one of this attempt's seqs.
+    pub(super) async fn supervise(&mut self, events: &mut Events) -> anyhow::Result<Exit> {
+        loop {
+            let killed = match events.next(self.trainer_deadline()).await {
+                Event::Eviction(sig) => {
+                    self.on_eviction_signal(sig);
+                    continue;
+                }
+                Event::Commit(incoming) => {
+                    self.on_commit(incoming).await;
+                    continue;
+                }
+                Event::Upload(done) => {
+                    self.on_upload_done(done)?;
+                    continue;
+                }
+                Event::TrainerOverdue => self.kill_overdue_trainer(),
+                Event::Child | Event::Tick => None,
+            };
+            let Some(exit) = killed.or_else(|| process::reap(Some(self.child))) else { continue };
+            if let ControlFlow::Break(exit) = self.on_command_exit(exit).await? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Forward the eviction signal to the command's group; the first one starts the
+    /// vacate window and leaves only the newest checkpoint worth uploading.
+    pub(super) fn on_eviction_signal(&mut self, sig: i32) {
+        let forward = self.cfg.forward_signal.map(|s| s as i32).unwrap_or(sig);
+        let fwd = Signal::try_from(forward).unwrap_or(Signal::SIGTERM);
+        if let Phase::Running = self.phase {
+            let w = self.cfg.vacate_window.as_secs_f64();
+            tracing::warn!(
+                "eviction: got {}, forwarding {} to the command; it has {:.0} s to commit and exit (vacate window {:.0} s from {})",
+                Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?"),
+                fwd.as_str(),
+                w * self.cfg.trainer_share,
+                w,
+                self.cfg.window_source
+            );
+            let since = crate::signals::first_eviction();
+            let at = attempt::now() - since.elapsed().as_secs_f64();
+            let deadlines = Deadlines::new(since, self.cfg.vacate_window, self.cfg.trainer_share);
+            self.phase = Phase::Draining { deadlines, at, signal: sig, killed: false };
+            self.uploader.keep_newest_only();
+        }
+        process::forward_to_group(self.child, fwd);
+    }
+
+    fn kill_overdue_trainer(&mut self) -> Option<Exit> {
+        tracing::warn!("eviction: the command did not exit within its share of the vacate window; killing its process group");
+        let exit = process::kill_everything(Some(self.child));
+        if let Phase::Draining { killed, .. } = &mut self.phase {
+            *killed = true;
+        }
+        exit
+    }
+
+    /// Capture what the command left, and restart it if it asked for that by exiting
+    /// with the checkpoint exit code; Break once it has ended for good.
+    async fn on_command_exit(&mut self, exit: Exit) -> anyhow::Result<ControlFlow<Exit>> {
+        let checkpoint_exit = matches!(exit, Exit::Code(c) if Some(c) == self.cfg.checkpoint_exit_code);
+        match (&self.phase, exit) {
+            (Phase::Running, Exit::Code(c)) if checkpoint_exit => {
+                self.restart_in_place(c).await?;
+                return Ok(ControlFlow::Continue(()));
+            }
+            (Phase::Running, Exit::Code(0)) => match self.capture(Reason::Final, commit::Request::default()).await {
+                Ok(seq) => self.ledger.set_final(seq),
+                Err(e) => tracing::warn!("no final checkpoint: {e}"),
+            },
+            (Phase::Draining { .. }, Exit::Code(c)) if checkpoint_exit => {
+                if let Err(e) = self.capture(Reason::Eviction, commit::Request::default()).await {
+                    tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {c}: {e}");
+                }
+            }
+            _ => {}
+        }
+        Ok(ControlFlow::Break(exit))
+    }
+
+    /// The command saved and exited with the checkpoint exit code: commit what it saved
+    /// and start it again on the same files, without a restore.
+    async fn restart_in_place(&mut self, code: i32) -> anyhow::Result<()> {
+        match self.capture(Reason::CheckpointExit, commit::Request::default()).await {
+            Ok(seq) => self.started_from = Some(StartedFrom { seq, epoch: None, step: None, device: self.cfg.device.clone() }),
+            Err(e) => tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {code}: {e}"),
+        }
+        process::kill_everything(Some(self.child));
+        tracing::info!("command exited with the checkpoint exit code {code}; restarting it in place");
+        self.launch().map_err(spawn_failure)
+    }
+
+    pub(super) fn log_command_end(&self, exit: Exit) {
+        match self.deadlines() {
+            None => tracing::info!("command ended with {exit}"),
+            Some(d) => tracing::info!("command ended with {exit}, {:.1} s after the eviction signal", d.since().elapsed().as_secs_f64()),
+        }
+    }
+}
