@@ -28,9 +28,9 @@ mod ending;
 mod env;
 mod events;
 mod flushing;
-mod install;
 mod ledger;
 mod records;
+mod restoring;
 mod running;
 mod socket;
 mod uploader;
@@ -70,7 +70,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let started = attempt::now();
     let known = KnownChunks::default();
 
-    let restored = install::restore_newest(&cfg, &state_dir, &known).await?;
+    let restored = restoring::restore_newest(&cfg, &state_dir, &known).await?;
     let next_seq = cfg.store.list_manifests(&cfg.run).await?.last().map(|s| s + 1).unwrap_or(1);
     let attempt = records::start(&cfg, &restored, started).await?;
     let (socket, commits) = CommitSocket::open(&state_dir)?;

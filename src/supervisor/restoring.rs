@@ -1,4 +1,4 @@
-//! Before the command starts: the newest intact checkpoint of the run, restored into
+//! Restoring, before the command starts: the newest intact checkpoint of the run, put into
 //! the checkpoint directory.
 
 use std::path::Path;
