@@ -22,6 +22,9 @@ pub enum ExitCode {
     Checkpoint = 72,
     /// Another writer already owns a manifest seq (a zombie attempt of the same run).
     Conflict = 73,
+    /// The command kept exiting with the checkpoint exit code without changing its
+    /// checkpoint; baton stopped restarting it.
+    NoProgress = 74,
     /// The command could not be executed: found but not executable.
     NotExecutable = 126,
     /// The command was not found.
@@ -45,6 +48,8 @@ pub enum ErrorKind {
     Checkpoint,
     /// Another writer owns what this one tried to write.
     Conflict,
+    /// The command restarts in place without making progress.
+    NoProgress,
     /// The training command was not found.
     CommandNotFound,
     /// The training command was found but could not be executed.
@@ -63,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Integrity => ExitCode::Damaged,
             ErrorKind::Checkpoint => ExitCode::Checkpoint,
             ErrorKind::Conflict => ExitCode::Conflict,
+            ErrorKind::NoProgress => ExitCode::NoProgress,
             ErrorKind::CommandNotFound => ExitCode::NotFound,
             ErrorKind::CommandNotExecutable => ExitCode::NotExecutable,
         }
@@ -139,13 +145,14 @@ mod tests {
             ErrorKind::Integrity,
             ErrorKind::Checkpoint,
             ErrorKind::Conflict,
+            ErrorKind::NoProgress,
             ErrorKind::CommandNotExecutable,
             ErrorKind::CommandNotFound,
         ]
         .iter()
         .map(|k| k.exit_code() as i32)
         .collect();
-        assert_eq!(codes, [2, 70, 70, 71, 72, 73, 126, 127]);
+        assert_eq!(codes, [2, 70, 70, 71, 72, 73, 74, 126, 127]);
         assert!(ErrorKind::Transient.is_transient());
         assert!(!ErrorKind::Permanent.is_transient());
     }

@@ -213,3 +213,36 @@ fn files_written_again_during_an_eviction_flush_are_never_committed_mixed() {
         None => assert!(err.contains("written again after the command's last commit"), "{err}"),
     }
 }
+
+/// An eviction that lands while an upload is in flight: the trainer commits epoch 2,
+/// then saves again in place and commits epoch 3. Held by hard link, 2 and 3 share the
+/// inodes of the files that did not change; dropping 2's links for 3 must not look like
+/// a rewrite of 3's files (it did, and the whole attempt was lost).
+#[test]
+fn an_eviction_during_an_upload_keeps_the_newest_commit() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let script = r#"
+        D=$BATON_CHECKPOINT_DIR
+        head -c 12000000 /dev/urandom | base64 > $D/big
+        head -c 1000 /dev/urandom > $D/a
+        "$BATON_BIN" commit --epoch 1 || exit 1
+        trap 'head -c 1000 /dev/urandom > $D/a; "$BATON_BIN" commit --epoch 2 || exit 1;
+              head -c 1000 /dev/urandom > $D/a; "$BATON_BIN" commit --epoch 3 || exit 1; exit 143' TERM
+        touch epoch1-committed
+        while :; do sleep 0.05; done"#;
+    let mut child = spawn_run(slot.path(), s, "midway", &[], &[&["--vacate-window", "90s"], SLOW_UPLOAD].concat(), &["sh", "-c", script]);
+    wait_for_file(&slot.path().join("epoch1-committed"), "epoch 1 was never committed");
+    let checkpoints = store.path().join("runs/midway/checkpoints");
+    assert!(!checkpoints.join("0000000001.json").exists(), "epoch 1 uploaded too fast for this test");
+    send_signal(child.id(), libc::SIGTERM);
+    wait_with_timeout(&mut child, std::time::Duration::from_secs(90));
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(!err.contains("written again"), "a false alarm rejected the newest checkpoint:\n{err}");
+    assert!(checkpoints.join("0000000003.json").exists(), "epoch 3 is not durable:\n{err}");
+    let out = baton().args(["verify", "--store", s, "midway"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

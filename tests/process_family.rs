@@ -88,3 +88,34 @@ fn exit_status_passes_through_like_an_init() {
     let err = text(&out.stderr);
     assert!(err.contains("signal 12"), "{err}");
 }
+
+#[test]
+fn a_command_that_exits_with_the_checkpoint_code_at_once_is_not_restarted_forever() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let script = "echo w > $BATON_CHECKPOINT_DIR/w; exit 85";
+    let out = output_of(spawn_run(slot.path(), s, "loop85", &[], &["--checkpoint-exit-code", "85"], &["sh", "-c", script]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(err.contains("8 times in a row, each time less than 10 s after it started"), "{err}");
+    // Backed off between restarts (0 + 0.25 + 0.5 + 1 + 2 + 4 + 5 s), not thousands a second.
+    assert!(start.elapsed() >= Duration::from_secs(12), "{:?}", start.elapsed());
+    let manifests = std::fs::read_dir(store.path().join("runs/loop85/checkpoints")).unwrap().count();
+    assert!(manifests <= 8, "{manifests} manifests");
+}
+
+#[test]
+fn quick_restarts_under_the_limit_go_on() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    // 6 quick restarts in place, each with a new checkpoint, then done.
+    let script = r#"D=$BATON_CHECKPOINT_DIR; n=$(cat $D/n 2>/dev/null || echo 0); [ "$n" -ge 6 ] && exit 0; echo $((n+1)) > $D/n; exit 85"#;
+    let out = output_of(spawn_run(slot.path(), s, "six85", &[], &["--checkpoint-exit-code", "85"], &["sh", "-c", script]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("restarting it in place").count(), 6, "{err}");
+    assert_eq!(err.matches("restarting it in place after a").count(), 5, "only the first quick restart is immediate: {err}");
+}

@@ -109,3 +109,24 @@ fn an_unchanged_directory_is_not_read_again_but_a_rewritten_one_is() {
     let o = baton().args(["verify", "--store", s]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stdout));
 }
+
+#[test]
+fn a_final_checkpoint_of_unchanged_files_keeps_the_last_commits_labels() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // Commits epoch 6, then exits 0 without touching its files; a restart of the finished
+    // run must still learn epoch 6.
+    let script = r#"
+        if [ -n "$BATON_RESTORED_SEQ" ]; then echo "restored epoch=$BATON_RESTORED_EPOCH step=$BATON_RESTORED_STEP"; exit 0; fi
+        echo w > $BATON_CHECKPOINT_DIR/w
+        "$BATON_BIN" commit --epoch 6 --step 3 || exit 9"#;
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "labels", &[], &[], &["sh", "-c", script]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last = manifest_json(s, "labels", 2);
+    assert_eq!(last["reason"], "final");
+    assert_eq!((last["epoch"].as_u64(), last["step"].as_u64()), (Some(6), Some(3)), "{last}");
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "labels", &[], &[], &["sh", "-c", script]));
+    assert!(text(&out.stdout).contains("restored epoch=6 step=3"), "{}{}", text(&out.stdout), text(&out.stderr));
+}

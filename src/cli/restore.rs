@@ -29,7 +29,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     // symlink_metadata, not exists(): a link (even a dangling one) is refused, never followed.
     if let Ok(meta) = std::fs::symlink_metadata(&target) {
         if meta.file_type().is_symlink() {
-            return Err(usage(format!("{} is a symbolic link; restore into a new directory", target.display())));
+            return Err(usage(format!("{} is a symbolic link, not an empty directory; restore into a new directory", target.display())));
         }
         let empty = meta.is_dir() && std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty {

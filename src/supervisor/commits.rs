@@ -31,11 +31,13 @@ impl Supervisor {
     /// Copy the checkpoint directory as it is now and queue it for upload.
     pub(super) async fn capture(&mut self, reason: Reason, req: commit::Request) -> Result<u64, String> {
         let seq = self.ledger.next_seq();
+        let mut req = req;
         let (source, stamps) = match self.unchanged_since().await {
             Some(same) => {
                 tracing::info!(
                     "checkpoint {seq} ({reason}): the checkpoint directory is unchanged since checkpoint {same}; reusing its files"
                 );
+                req = self.ledger.labels_for_repeat(req);
                 (Source::Same(same), None)
             }
             None => {
@@ -51,7 +53,7 @@ impl Supervisor {
                 (Source::Snapshot(snap), Some(stamps))
             }
         };
-        let seq = self.ledger.commit(stamps);
+        let seq = self.ledger.commit(stamps, &req);
         let info = CommitInfo { seq, reason, epoch: req.epoch, step: req.step, meta: req.meta, created: attempt::now() };
         self.uploader.queue(Job { info, source }).map_err(|e| e.to_string())?;
         Ok(seq)

@@ -23,6 +23,8 @@ pub enum Event {
     Upload(Done),
     /// The command overran its share of the vacate window.
     TrainerOverdue,
+    /// The pause before an in-place restart is over.
+    RestartDue,
     Tick,
 }
 
@@ -48,13 +50,14 @@ impl Events {
     }
 
     /// The next event while the command runs; `trainer_deadline` when it is draining and
-    /// has not been killed yet.
-    pub async fn next(&mut self, trainer_deadline: Option<Instant>) -> Event {
+    /// has not been killed yet, `restart_at` when an in-place restart is pausing.
+    pub async fn next(&mut self, trainer_deadline: Option<Instant>, restart_at: Option<Instant>) -> Event {
         tokio::select! {
             Some(sig) = self.signals.next() => if sig == SIGCHLD { Event::Child } else { Event::Eviction(sig) },
             Some(incoming) = self.commits.recv() => Event::Commit(incoming),
             Some(done) = self.uploads.recv() => Event::Upload(done),
             _ = expiry(trainer_deadline) => Event::TrainerOverdue,
+            _ = expiry(restart_at) => Event::RestartDue,
             _ = self.tick.tick() => Event::Tick,
         }
     }

@@ -30,6 +30,7 @@ mod events;
 mod flushing;
 mod ledger;
 mod records;
+mod restarts;
 mod restoring;
 mod running;
 mod socket;
@@ -163,6 +164,11 @@ struct Supervisor {
     uploader: Uploader,
     /// Progress into the job ad, under HTCondor.
     chirp: Option<Chirp>,
+    /// When the command was last started.
+    launched_at: std::time::Instant,
+    restarts: restarts::Restarts,
+    /// An in-place restart waiting out its pause: when, and the code the command exited with.
+    pending_restart: Option<(std::time::Instant, i32)>,
 }
 
 impl Supervisor {
@@ -190,12 +196,16 @@ impl Supervisor {
             ledger: Ledger::new(next_seq),
             uploader,
             chirp,
+            launched_at: std::time::Instant::now(),
+            restarts: restarts::Restarts::default(),
+            pending_restart: None,
         }
     }
 
     fn launch(&mut self) -> Result<(), process::SpawnError> {
         let env = env::for_trainer(&self.attempt, &self.cfg.dir, &self.socket, self.started_from.as_ref());
         self.child = process::spawn(&self.cfg.command, &env.set, &env.unset)?;
+        self.launched_at = std::time::Instant::now();
         Ok(())
     }
 

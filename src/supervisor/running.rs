@@ -7,9 +7,11 @@ use std::ops::ControlFlow;
 use super::deadlines::Deadlines;
 use super::env::StartedFrom;
 use super::events::{Event, Events};
+use super::restarts::{self, Next};
 use super::{spawn_failure, Phase, Supervisor};
 use crate::attempt;
 use crate::commit;
+use crate::error::{ErrorKind, Failure};
 use crate::manifest::Reason;
 use crate::process::{self, Exit};
 
@@ -19,9 +21,20 @@ impl Supervisor {
     /// one of this attempt's seqs.
     pub(super) async fn supervise(&mut self, events: &mut Events) -> anyhow::Result<Exit> {
         loop {
-            let killed = match events.next(self.trainer_deadline()).await {
+            let restart_at = self.pending_restart.map(|(at, _)| at);
+            let killed = match events.next(self.trainer_deadline(), restart_at).await {
                 Event::Eviction(sig) => {
                     self.on_eviction_signal(sig);
+                    // Evicted while pausing before a restart: the command is not running,
+                    // and its last exit is how it ended.
+                    if let Some((_, code)) = self.pending_restart.take() {
+                        return Ok(Exit::Code(code));
+                    }
+                    continue;
+                }
+                Event::RestartDue => {
+                    self.pending_restart = None;
+                    self.launch().map_err(spawn_failure)?;
                     continue;
                 }
                 Event::Commit(incoming) => {
@@ -99,15 +112,37 @@ impl Supervisor {
     }
 
     /// The command saved and exited with the checkpoint exit code: commit what it saved
-    /// and start it again on the same files, without a restore.
+    /// and start it again on the same files, without a restore; after a pause, and not
+    /// at all once it keeps doing so without changing its checkpoint.
     async fn restart_in_place(&mut self, code: i32) -> anyhow::Result<()> {
         match self.capture(Reason::CheckpointExit, commit::Request::default()).await {
             Ok(seq) => self.started_from = Some(StartedFrom { seq, epoch: None, step: None, device: self.cfg.device.clone() }),
             Err(e) => tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {code}: {e}"),
         }
         process::kill_everything(Some(self.child));
-        tracing::info!("command exited with the checkpoint exit code {code}; restarting it in place");
-        self.launch().map_err(spawn_failure)
+        match self.restarts.after_exit(self.launched_at.elapsed()) {
+            Next::GiveUp { restarts } => Err(Failure::new(
+                ErrorKind::NoProgress,
+                format!(
+                    "the command exited with the checkpoint exit code {code} {restarts} times in a row, each time less than {} s \
+                     after it started; not restarting it again (does it use {code} for something else? see --checkpoint-exit-code)",
+                    restarts::QUICK_RUN.as_secs()
+                ),
+            )
+            .into()),
+            Next::Restart(pause) if pause.is_zero() => {
+                tracing::info!("command exited with the checkpoint exit code {code}; restarting it in place");
+                self.launch().map_err(spawn_failure)
+            }
+            Next::Restart(pause) => {
+                tracing::warn!(
+                    "command exited with the checkpoint exit code {code} again, moments after it started; restarting it in place after a {:.2} s pause",
+                    pause.as_secs_f64()
+                );
+                self.pending_restart = Some((std::time::Instant::now() + pause, code));
+                Ok(())
+            }
+        }
     }
 
     pub(super) fn log_command_end(&self, exit: Exit) {

@@ -85,6 +85,7 @@ impl Uploader {
             done,
             newest_only: newest_only.clone(),
             queue: VecDeque::new(),
+            fallbacks: Vec::new(),
             last_ok: None,
         };
         tokio::spawn(worker.work());
@@ -127,6 +128,12 @@ struct Worker {
     done: mpsc::UnboundedSender<Done>,
     newest_only: Arc<AtomicBool>,
     queue: VecDeque<Job>,
+    /// During an eviction, commits a newer one superseded, oldest first: not uploaded,
+    /// but kept, files and all, until the newest is durable, to upload instead should it
+    /// fail. (Discarding them at once also unlinked files the newest may share by hard
+    /// link, which changed their ctime under its integrity check: a false alarm that cost
+    /// the whole attempt.)
+    fallbacks: Vec<Job>,
     /// The newest checkpoint uploaded from a snapshot: what a `Source::Same` repeats.
     last_ok: Option<Manifest>,
 }
@@ -139,13 +146,36 @@ impl Worker {
             }
             let job = self.queue.pop_front().expect("wait_for_jobs returns true only with a job queued");
             match self.upload_unless_superseded(&job).await {
-                Some(result) => self.report(job, result),
-                None => {
-                    // The manifest is an upload's last write, so a dropped one leaves only
-                    // chunks, which a later upload reuses or `prune` collects.
-                    job.source.discard();
-                    self.superseded(job.info.seq, "cancelling");
+                Some(result) => {
+                    let durable = result.is_ok();
+                    self.report(job, result);
+                    self.settle_fallbacks(durable);
                 }
+                None => {
+                    // The manifest is an upload's last write, so a cancelled one leaves
+                    // only chunks, which a later upload reuses or `prune` collects.
+                    tracing::warn!("eviction: cancelling the upload of checkpoint {} (superseded by a newer commit)", job.info.seq);
+                    self.fallbacks.push(job);
+                }
+            }
+        }
+        for old in std::mem::take(&mut self.fallbacks) {
+            self.superseded(old);
+        }
+    }
+
+    /// After an upload: once a checkpoint is durable, the older ones it superseded are
+    /// no longer needed; if it failed and nothing newer waits, the newest of them is
+    /// uploaded instead, so an eviction never loses an older checkpoint it could keep.
+    fn settle_fallbacks(&mut self, durable: bool) {
+        if durable {
+            for old in std::mem::take(&mut self.fallbacks) {
+                self.superseded(old);
+            }
+        } else if self.queue.is_empty() {
+            if let Some(older) = self.fallbacks.pop() {
+                tracing::warn!("eviction: the newest checkpoint failed; uploading checkpoint {} instead", older.info.seq);
+                self.queue.push_back(older);
             }
         }
     }
@@ -178,11 +208,13 @@ impl Worker {
             // A newer commit that repeats this one takes over its files.
             let newest = self.queue.back_mut().expect("more than one job was queued");
             if newest.source.repeats(old.info.seq) {
+                // Nothing is left to fall back on: its files are the newest's now.
+                let _ = self.done.send(Done { seq: old.info.seq, outcome: Outcome::Superseded });
                 newest.source = old.source;
             } else {
-                old.source.discard();
+                tracing::warn!("eviction: skipping the upload of checkpoint {} (superseded by a newer commit)", old.info.seq);
+                self.fallbacks.push(old);
             }
-            self.superseded(old.info.seq, "skipping");
         }
     }
 
@@ -220,9 +252,10 @@ impl Worker {
         let _ = self.done.send(Done { seq: job.info.seq, outcome });
     }
 
-    fn superseded(&self, seq: u64, action: &str) {
-        tracing::warn!("eviction: {action} the upload of checkpoint {seq} (superseded by a newer commit)");
-        let _ = self.done.send(Done { seq, outcome: Outcome::Superseded });
+    /// A superseded commit is given up for good: its files go, and the loop hears of it.
+    fn superseded(&self, old: Job) {
+        old.source.discard();
+        let _ = self.done.send(Done { seq: old.info.seq, outcome: Outcome::Superseded });
     }
 }
 
@@ -317,13 +350,33 @@ mod tests {
         for (seq, content) in [(1, "one"), (2, "two"), (3, "three")] {
             up.queue(job(seq, f.snapshot(seq, content))).expect("the uploader runs");
         }
+        // The newest first; the ones it superseded are given up once it is durable.
+        let d = next(&mut done).await;
+        assert_eq!(d.seq, 3);
+        durable(d);
         for seq in [1, 2] {
             let d = next(&mut done).await;
             assert_eq!(d.seq, seq);
             assert!(matches!(d.outcome, Outcome::Superseded), "{:?}", d.outcome);
         }
+    }
+
+    #[tokio::test]
+    async fn during_an_eviction_a_failed_newest_commit_falls_back_to_the_one_it_superseded() {
+        let f = fixture();
+        let (up, mut done) = f.spawn();
+        up.keep_newest_only();
+        up.queue(job(1, f.snapshot(1, "one"))).expect("the uploader runs");
+        // Held by hard link, then written again in place before its upload: never committed.
+        std::fs::write(f.live.path().join("model.bin"), "two").expect("a file in the live directory");
+        let linked = capture::snapshot(f.live.path(), &f.staging.path().join("2"), capture::Hold::Link).expect("a snapshot");
+        std::fs::write(f.live.path().join("model.bin"), "two, rewritten").expect("a rewrite");
+        up.queue(job(2, Source::Snapshot(linked))).expect("the uploader runs");
         let d = next(&mut done).await;
-        assert_eq!(d.seq, 3);
+        assert_eq!(d.seq, 2);
+        assert!(matches!(d.outcome, Outcome::Failed(_)), "{:?}", d.outcome);
+        let d = next(&mut done).await;
+        assert_eq!(d.seq, 1);
         durable(d);
     }
 
