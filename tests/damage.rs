@@ -165,3 +165,49 @@ fn restore_and_prune_round_trip() {
     let out = baton().args(["verify", "--store", s]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// The latest checkpoint's weights.bin chunk (it changes at every save, so it belongs to
+/// the latest checkpoint only), with the latest seq.
+fn latest_weights_chunk(store: &Path, manifests: &[std::path::PathBuf]) -> (u64, std::path::PathBuf) {
+    let latest = manifest(manifests.last().unwrap());
+    let file = latest["files"].as_array().unwrap().iter().find(|f| f["path"] == "weights.bin").unwrap();
+    (latest["seq"].as_u64().unwrap(), chunk_path(store, file["chunks"][0]["hash"].as_str().unwrap()))
+}
+
+/// A new slot that restores and then commits one small final checkpoint; returns
+/// (exit code, stdout, stderr).
+fn restart(store: &Path, run: &str) -> (Option<i32>, String, String) {
+    let slot = tempfile::tempdir().unwrap();
+    let cmd = ["sh", "-c", "echo restored=$BATON_RESTORED_SEQ; echo more > $BATON_CHECKPOINT_DIR/more"];
+    let out = output_of(spawn_run(slot.path(), store.to_str().unwrap(), run, &[], &[], &cmd));
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_chunk_that_cannot_be_read_is_damage_not_an_outage() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "chunkdir");
+    let (latest_seq, victim) = latest_weights_chunk(store.path(), &manifests);
+    // Something that is not an object where a chunk belongs: reading it is an I/O error
+    // (EISDIR), which says the chunk is damaged, not that the store is down.
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(71), "{report}\n{}", text(&out.stderr));
+    assert!(report.contains(&format!("checkpoint {latest_seq} file weights.bin")), "{report}");
+    assert_eq!(report.matches("DAMAGED").count(), 1, "{report}");
+
+    let to = tempfile::tempdir().unwrap();
+    let target = to.path().join("out");
+    let out = baton().args(["restore", "--store", s, "chunkdir", "--to", target.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "restore did not fall back: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("SKIPPING DAMAGED CHECKPOINT {latest_seq}")), "{}", text(&out.stderr));
+
+    let (code, stdout, stderr) = restart(store.path(), "chunkdir");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("SKIPPING DAMAGED CHECKPOINT {latest_seq}")), "{stderr}");
+    assert!(stdout.contains(&format!("restored={}", latest_seq - 1)), "{stdout}\n{stderr}");
+}

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Backend, ObjectInfo, PutOutcome, Result, StoreError};
@@ -65,22 +66,121 @@ fn put_sync(root: &Path, key: &str, data: &[u8], create_only: bool) -> Result<Pu
     Ok(outcome)
 }
 
+/// What an I/O error on one object's name means. A directory has no server to be down:
+/// the store cannot be asked only when this process cannot do I/O at all (out of file
+/// descriptors or memory), when a network filesystem's transport fails, or when the
+/// store directory itself cannot be read. Anything else that keeps one object from being
+/// read (a directory or special file at its name, a file this user may not read, EIO from
+/// a bad block) is damage to that object: readers skip it or report it, where an outage
+/// would stop every run of the store until someone repaired one object.
+fn object_error(root: &Path, op: &'static str, key: &str, e: std::io::Error) -> StoreError {
+    if not_about_the_object(&e) {
+        return io(op, key)(e);
+    }
+    if let Err(whole) = std::fs::read_dir(root) {
+        return StoreError::Outage {
+            store: root.display().to_string(),
+            detail: format!(
+                "{op} {key}: {e}; the store directory itself cannot be read ({whole}): check that it exists, is mounted and is readable by this user"
+            ),
+        };
+    }
+    if e.kind() == ErrorKind::NotFound {
+        return StoreError::NotFound { key: key.into() };
+    }
+    StoreError::Damaged {
+        key: key.into(),
+        detail: format!("cannot be read as an object ({e}); baton treats it as damaged until it is repaired or removed"),
+    }
+}
+
+/// Errors that say this process or the network filesystem's transport failed, whatever
+/// the object: retrying later may work, so they must never condemn a checkpoint.
+fn not_about_the_object(e: &std::io::Error) -> bool {
+    if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::OutOfMemory | ErrorKind::TimedOut) {
+        return true;
+    }
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::ENOBUFS
+                | libc::ESTALE
+                | libc::ENOTCONN
+                | libc::ECONNREFUSED
+                | libc::ECONNRESET
+                | libc::ECONNABORTED
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::ENETRESET
+                | libc::ENOLINK
+                | libc::ECOMM
+                | libc::EREMOTEIO
+        )
+    )
+}
+
+/// "a directory", "a FIFO", ...: what sits at an object's name instead of a file.
+fn what_is(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn not_an_object(key: &str, meta: &std::fs::Metadata) -> StoreError {
+    StoreError::Damaged {
+        key: key.into(),
+        detail: format!(
+            "{} is there, not an object; baton treats it as damaged, and nothing can be stored under this name until it is removed",
+            what_is(meta)
+        ),
+    }
+}
+
 fn get_sync(root: &Path, key: &str, limit: u64) -> Result<Bytes> {
-    let f = match std::fs::File::open(root.join(key)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound { key: key.into() }),
-        Err(e) => return Err(io("get", key)(e)),
-    };
-    let size = f.metadata().map_err(io("get", key))?.len();
+    let fail = |e| object_error(root, "get", key, e);
+    // O_NONBLOCK: a FIFO at an object's name would otherwise block this read until some
+    // writer opened it; it is refused below like any other non-file. Regular files
+    // ignore the flag.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(root.join(key)).map_err(fail)?;
+    let meta = f.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(not_an_object(key, &meta));
+    }
+    let size = meta.len();
     if size > limit {
         return Err(StoreError::TooLarge { key: key.into(), size, limit });
     }
     let mut buf = Vec::with_capacity(size as usize);
-    f.take(limit + 1).read_to_end(&mut buf).map_err(io("get", key))?;
+    f.take(limit + 1).read_to_end(&mut buf).map_err(fail)?;
     if buf.len() as u64 > limit {
         return Err(StoreError::TooLarge { key: key.into(), size: buf.len() as u64, limit });
     }
     Ok(Bytes::from(buf))
+}
+
+fn head_sync(root: &Path, key: &str) -> Result<Option<u64>> {
+    match std::fs::metadata(root.join(key)) {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        // Not "absent": a create-only put would find the name taken and report success,
+        // and a manifest would then reference a chunk that can never be read.
+        Ok(m) => Err(not_an_object(key, &m)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(object_error(root, "head", key, e)),
+    }
 }
 
 fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -98,7 +198,13 @@ fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
             if name.to_string_lossy().starts_with(".tmp-") {
                 continue;
             }
-            let meta = entry.metadata().map_err(io("list", prefix))?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Deleted between readdir and stat (a prune, a finished upload's
+                // temporary file): not there, not an error.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("list", prefix)(e)),
+            };
             let path = entry.path();
             if meta.is_dir() {
                 stack.push(path);
@@ -137,11 +243,8 @@ impl Backend for DirBackend {
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
-        match tokio::fs::metadata(self.root.join(key)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("head", key)(e)),
-        }
+        let (root, key) = (self.root.clone(), key.to_string());
+        blocking(move || head_sync(&root, &key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -155,5 +258,88 @@ impl Backend for DirBackend {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io("delete", key)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Classify, ErrorKind as Kind};
+
+    fn store_with(key: &str) -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        (root, path)
+    }
+
+    #[test]
+    fn a_directory_at_an_objects_name_is_damage() {
+        let key = "chunks/ab/abcd";
+        let (root, path) = store_with(key);
+        std::fs::create_dir(&path).unwrap();
+        let e = get_sync(root.path(), key, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e}");
+        assert!(e.to_string().contains("a directory"), "{e}");
+        // head must not call it present: the chunk would be taken as uploaded.
+        let e = head_sync(root.path(), key).unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e}");
+    }
+
+    #[test]
+    fn a_fifo_at_an_objects_name_is_damage_and_does_not_block() {
+        let key = "runs/r/checkpoints/0000000001.json";
+        let (root, path) = store_with(key);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = root.path().to_path_buf();
+        std::thread::spawn(move || tx.send(get_sync(&r, key, 1 << 20)).unwrap());
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(got) => assert_eq!(got.unwrap_err().kind(), Kind::Integrity),
+            Err(_) => {
+                // Let the stuck reader go before failing.
+                let _ = std::fs::OpenOptions::new().write(true).open(&path);
+                panic!("reading a FIFO at an object's name blocked");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_object_is_damage() {
+        let key = "chunks/ab/abcd";
+        let (root, path) = store_with(key);
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        if std::fs::read(&path).is_ok() {
+            eprintln!("skipped: this user reads files whatever their mode (root)");
+            return;
+        }
+        assert_eq!(get_sync(root.path(), key, 1 << 20).unwrap_err().kind(), Kind::Integrity);
+    }
+
+    #[test]
+    fn a_store_directory_that_is_gone_is_an_outage_not_damage() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("store");
+        let e = get_sync(&root, "chunks/ab/abcd", 1 << 20).unwrap_err();
+        assert!(e.kind() != Kind::Integrity, "{e}");
+        assert!(e.to_string().contains("store directory itself cannot be read"), "{e}");
+        // A file where the store directory should be: the same.
+        std::fs::write(&root, b"").unwrap();
+        assert!(get_sync(&root, "chunks/ab/abcd", 1 << 20).unwrap_err().kind() != Kind::Integrity);
+        // And a missing object in a store that is there is damage (a manifest names it).
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(get_sync(root.path(), "chunks/ab/abcd", 1 << 20).unwrap_err().kind(), Kind::Integrity);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_never_damage() {
+        let root = tempfile::tempdir().unwrap();
+        for errno in [libc::EMFILE, libc::ENOMEM, libc::ESTALE, libc::ETIMEDOUT] {
+            let e = object_error(root.path(), "get", "k", std::io::Error::from_raw_os_error(errno));
+            assert!(e.kind() != Kind::Integrity, "{errno}: {e}");
+        }
+        let e = object_error(root.path(), "get", "k", std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(e.kind(), Kind::Integrity, "EIO on one object of a readable store");
     }
 }

@@ -24,6 +24,10 @@ pub enum StoreError {
     NotFound { key: String },
     #[error("{key}: object is {size} bytes, more than the {limit} bytes baton accepts for it")]
     TooLarge { key: String, size: u64, limit: u64 },
+    /// Something is stored under the key, but it cannot be what baton wrote there (a
+    /// directory store: a directory or an unreadable file at an object's name).
+    #[error("{key}: {detail}")]
+    Damaged { key: String, detail: String },
     #[error("{key}: already written by another writer; {detail}")]
     Conflict { key: String, detail: String },
     #[error("the store at {store} refused the credentials ({detail}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the key files) for this endpoint")]
@@ -52,7 +56,7 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             // Keys come from manifests: a missing or oversized object is damage.
-            StoreError::NotFound { .. } | StoreError::TooLarge { .. } => ErrorKind::Integrity,
+            StoreError::NotFound { .. } | StoreError::TooLarge { .. } | StoreError::Damaged { .. } => ErrorKind::Integrity,
             StoreError::Conflict { .. } => ErrorKind::Conflict,
             StoreError::Auth { .. } | StoreError::Denied { .. } => ErrorKind::Permanent,
             StoreError::Unreachable { .. } | StoreError::Outage { .. } | StoreError::Backend { .. } | StoreError::Io { .. } => {
