@@ -211,3 +211,28 @@ fn a_chunk_that_cannot_be_read_is_damage_not_an_outage() {
     assert!(stderr.contains(&format!("SKIPPING DAMAGED CHECKPOINT {latest_seq}")), "{stderr}");
     assert!(stdout.contains(&format!("restored={}", latest_seq - 1)), "{stdout}\n{stderr}");
 }
+
+fn checkpoint_file(store: &Path, run: &str, seq: u64) -> std::path::PathBuf {
+    store.join("runs").join(run).join("checkpoints").join(format!("{seq:010}.json"))
+}
+
+#[test]
+fn a_manifest_name_past_the_seq_range_is_ignored() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "wrap");
+    let latest_seq = manifest(manifests.last().unwrap())["seq"].as_u64().unwrap();
+    // Taken at face value, this name makes the next seq u64::MAX + 1.
+    let junk = store.path().join("runs/wrap/checkpoints/18446744073709551615.json");
+    std::fs::copy(manifests.last().unwrap(), &junk).unwrap();
+
+    let out = baton().args(["verify", "--store", s, "wrap"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("18446744073709551615.json"), "no warning about the junk name: {}", text(&out.stderr));
+
+    let (code, stdout, stderr) = restart(store.path(), "wrap");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&format!("restored={latest_seq}")), "{stdout}\n{stderr}");
+    assert!(checkpoint_file(store.path(), "wrap", latest_seq + 1).is_file(), "the next checkpoint was not written after {latest_seq}");
+    assert!(junk.exists(), "run must not delete what it did not write");
+}
