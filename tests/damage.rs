@@ -236,3 +236,29 @@ fn a_manifest_name_past_the_seq_range_is_ignored() {
     assert!(checkpoint_file(store.path(), "wrap", latest_seq + 1).is_file(), "the next checkpoint was not written after {latest_seq}");
     assert!(junk.exists(), "run must not delete what it did not write");
 }
+
+#[test]
+fn a_directory_at_a_manifest_path_is_damage_and_the_run_goes_on() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "mdir");
+    let latest_seq = manifest(manifests.last().unwrap())["seq"].as_u64().unwrap();
+    let blocked = latest_seq + 1;
+    std::fs::create_dir(checkpoint_file(store.path(), "mdir", blocked)).unwrap();
+
+    let out = baton().args(["verify", "--store", s, "mdir"]).output().unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(71), "{report}\n{}", text(&out.stderr));
+    assert!(report.contains(&format!("DAMAGED  run mdir checkpoint {blocked}: manifest")), "{report}");
+
+    // Every new attempt used to pick `blocked` as its next seq and lose to "another writer".
+    for attempt in 0..2 {
+        let (code, stdout, stderr) = restart(store.path(), "mdir");
+        assert_eq!(code, Some(0), "attempt {attempt}: {stderr}");
+        // The first skips the blocked seq; the second restores what the first wrote past it.
+        let restored = if attempt == 0 { latest_seq } else { blocked + 1 };
+        assert_eq!(stderr.contains(&format!("SKIPPING DAMAGED CHECKPOINT {blocked}")), attempt == 0, "{stderr}");
+        assert!(stdout.contains(&format!("restored={restored}")), "{stdout}\n{stderr}");
+        assert!(checkpoint_file(store.path(), "mdir", blocked + 1 + attempt).is_file(), "attempt {attempt}: {stderr}");
+    }
+}

@@ -224,6 +224,27 @@ fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
     Ok(out)
 }
 
+/// One level of a directory: every name in it but temporary files, whatever it is,
+/// because a directory or FIFO at an object's name takes that name as surely as a file.
+fn list_names_sync(root: &Path, prefix: &str) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(root.join(prefix)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("list", prefix)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io("list", prefix))?;
+        // A name that is not UTF-8 is not a key baton could have written.
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if !name.starts_with(".tmp-") {
+            names.push(name);
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -252,10 +273,26 @@ impl Backend for DirBackend {
         blocking(move || list_sync(&root, &prefix)).await
     }
 
+    async fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        blocking(move || list_names_sync(&root, &prefix)).await
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
-        match tokio::fs::remove_file(self.root.join(key)).await {
+        let path = self.root.join(key);
+        match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            // A directory at the name (listed as a damaged manifest, say) that prune was
+            // asked to delete: an empty one held nothing and goes; anything in it is left
+            // for a person to look at.
+            Err(e) if e.kind() == ErrorKind::IsADirectory => match tokio::fs::remove_dir(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Damaged {
+                    key: key.into(),
+                    detail: format!("a directory is there, not an object, and it cannot be removed ({e}); remove it by hand"),
+                }),
+            },
             Err(e) => Err(io("delete", key)(e)),
         }
     }
@@ -265,6 +302,7 @@ impl Backend for DirBackend {
 mod tests {
     use super::*;
     use crate::error::{Classify, ErrorKind as Kind};
+    use crate::identity::RunId;
 
     fn store_with(key: &str) -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
@@ -330,6 +368,43 @@ mod tests {
         // And a missing object in a store that is there is damage (a manifest names it).
         let root = tempfile::tempdir().unwrap();
         assert_eq!(get_sync(root.path(), "chunks/ab/abcd", 1 << 20).unwrap_err().kind(), Kind::Integrity);
+    }
+
+    fn dir_store() -> (tempfile::TempDir, crate::store::Store, RunId) {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&crate::store::StoreUrl::Dir(root.path().to_path_buf())).unwrap();
+        (root, store, RunId::parse("r").unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_directory_at_a_manifests_name_is_a_listed_seq_that_cannot_be_written() {
+        let (root, store, run) = dir_store();
+        store.put_manifest(&run, 1, Bytes::from_static(b"one")).await.unwrap();
+        std::fs::create_dir(root.path().join("runs/r/checkpoints/0000000002.json")).unwrap();
+        assert_eq!(store.list_manifests(&run).await.unwrap(), [1, 2], "the next seq must go past 2");
+        let e = store.get_manifest_bytes(&run, 2).await.unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e}");
+        // Not "another writer": that would end the attempt (exit 73).
+        let e = store.put_manifest(&run, 2, Bytes::from_static(b"two")).await.unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e}");
+        assert!(e.to_string().contains("not a manifest"), "{e}");
+        // Prune may delete the blocked name; an empty directory held nothing.
+        store.delete_manifest(&run, 2).await.unwrap();
+        assert_eq!(store.list_manifests(&run).await.unwrap(), [1]);
+        // A real manifest at the name still is a conflict.
+        let e = store.put_manifest(&run, 1, Bytes::from_static(b"uno")).await.unwrap_err();
+        assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    }
+
+    #[test]
+    fn names_are_listed_whatever_holds_them() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("runs/r/checkpoints");
+        std::fs::create_dir_all(dir.join("0000000003.json")).unwrap();
+        std::fs::write(dir.join("0000000001.json"), b"m").unwrap();
+        std::fs::write(dir.join(".tmp-1-2"), b"partial").unwrap();
+        assert_eq!(list_names_sync(root.path(), "runs/r/checkpoints/").unwrap(), ["0000000001.json", "0000000003.json"]);
+        assert!(list_names_sync(root.path(), "runs/none/checkpoints/").unwrap().is_empty());
     }
 
     #[test]

@@ -96,6 +96,24 @@ pub trait Backend: Send + Sync + std::fmt::Display {
     async fn head(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// The names directly under `prefix` (ending in `/`), as a listing with a `/`
+    /// delimiter gives them: each object's name, and the first component of each deeper
+    /// key. A backend on a filesystem also names what takes a name without being an
+    /// object (a directory, even an empty one; a FIFO): nothing can be written under such
+    /// a name, so a reader must count it as taken (and damaged), never as free.
+    async fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list(prefix)
+            .await?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(prefix)?.split('/').next())
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
     async fn delete(&self, key: &str) -> Result<()>;
 }
 
@@ -237,10 +255,22 @@ impl Store {
         }
         match self.backend.put(&key, body.clone(), true).await? {
             PutOutcome::AlreadyExists => {
-                return Err(StoreError::Conflict {
-                    key,
-                    detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
-                })
+                // Another writer's manifest, or something that never was one (a directory
+                // at the name): only the first is a conflict. The second is damage, which
+                // costs this checkpoint but not the attempt; the next attempt lists the
+                // name and numbers past it.
+                return Err(match self.backend.get(&key, MAX_MANIFEST_BYTES).await {
+                    Err(e) if e.kind() == ErrorKind::Integrity => StoreError::Damaged {
+                        key,
+                        detail: format!(
+                            "checkpoint number {seq} is taken by something that is not a manifest ({e}); this checkpoint is not committed, and the run's next attempt numbers its checkpoints past it"
+                        ),
+                    },
+                    _ => StoreError::Conflict {
+                        key,
+                        detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
+                    },
+                });
             }
             PutOutcome::Created => {}
         }
@@ -267,13 +297,16 @@ impl Store {
     pub async fn list_manifests(&self, run: &RunId) -> Result<Vec<u64>> {
         let prefix = format!("runs/{}/checkpoints/", run);
         let mut seqs = Vec::new();
-        for o in self.backend.list(&prefix).await? {
-            let Some(name) = o.key.strip_prefix(&prefix) else { continue };
-            match seq_of_name(name) {
+        // Names, not objects: a seq whose name holds a directory is taken. Listed, it is
+        // reported as damaged and the next seq goes past it; unlisted, every new attempt
+        // would pick it and lose to "another writer".
+        for name in self.backend.list_names(&prefix).await? {
+            match seq_of_name(&name) {
                 Some(seq) => seqs.push(seq),
-                None if name.ends_with(".json") => {
-                    warn_ignored(&o.key, "not a checkpoint name baton writes (ten digits, 0000000000.json to 9999999999.json); remove it")
-                }
+                None if name.ends_with(".json") => warn_ignored(
+                    &format!("{prefix}{name}"),
+                    "not a checkpoint name baton writes (ten digits, 0000000000.json to 9999999999.json); remove it",
+                ),
                 None => {}
             }
         }
