@@ -262,3 +262,43 @@ fn a_directory_at_a_manifest_path_is_damage_and_the_run_goes_on() {
         assert!(checkpoint_file(store.path(), "mdir", blocked + 1 + attempt).is_file(), "attempt {attempt}: {stderr}");
     }
 }
+
+#[test]
+fn prune_removes_temporary_files_of_killed_uploads() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    finished_run(store.path(), "tmp");
+    // What a write killed between creating its temporary file and publishing it leaves.
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    let old_chunk = store.path().join("chunks/ab/.tmp-4242-1700000000000000000");
+    let old_manifest = store.path().join("runs/tmp/checkpoints/.tmp-4242-1700000000000000001");
+    let fresh = store.path().join("chunks/cd/.tmp-4243-1700000000000000002");
+    let not_ours = store.path().join("chunks/ab/.tmp-notes");
+    for p in [&old_chunk, &old_manifest, &fresh, &not_ours] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, vec![7u8; 1000]).unwrap();
+    }
+    for p in [&old_chunk, &old_manifest, &not_ours] {
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+
+    let out = baton().args(["prune", "--store", s, "--keep", "100", "--dry-run", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["temporaries"], 2, "{plan}");
+    assert_eq!(plan["temporary_bytes"], 2000, "{plan}");
+    assert!(old_chunk.exists() && old_manifest.exists(), "a dry run deleted something");
+
+    let out = baton().args(["prune", "--store", s, "--keep", "100"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 temporary file(s)"), "{}", text(&out.stdout));
+    assert!(!old_chunk.exists() && !old_manifest.exists(), "stale temporaries are left");
+    assert!(fresh.exists(), "a temporary younger than --grace may belong to an upload in progress");
+
+    let out = baton().args(["prune", "--store", s, "--keep", "100", "--grace", "0s"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!fresh.exists(), "--grace 0s leaves a temporary");
+    assert!(not_ours.exists(), "prune deleted a file baton did not name");
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

@@ -30,6 +30,21 @@ fn io<'a>(op: &'static str, key: &'a str) -> impl FnOnce(std::io::Error) -> Stor
     move |source| StoreError::Io { op, key: key.to_string(), source }
 }
 
+/// `.tmp-<pid>-<ns since the epoch>`, next to the object it becomes: a write killed
+/// before it publishes (or removes) the file leaves it there, for `prune` to collect.
+fn temporary_name() -> String {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!(".tmp-{}-{ns}", std::process::id())
+}
+
+/// Whether `name` is one `temporary_name` makes; anything else someone left in the store
+/// is not baton's to delete.
+fn is_temporary_name(name: &str) -> bool {
+    let Some((pid, ns)) = name.strip_prefix(".tmp-").and_then(|rest| rest.split_once('-')) else { return false };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(pid) && digits(ns)
+}
+
 fn put_sync(root: &Path, key: &str, data: &[u8], create_only: bool) -> Result<PutOutcome> {
     let path = root.join(key);
     let dir = path.parent().expect("keys always have a parent");
@@ -37,11 +52,7 @@ fn put_sync(root: &Path, key: &str, data: &[u8], create_only: bool) -> Result<Pu
     if create_only && path.exists() {
         return Ok(PutOutcome::AlreadyExists);
     }
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-    ));
+    let tmp = dir.join(temporary_name());
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
@@ -184,6 +195,12 @@ fn head_sync(root: &Path, key: &str) -> Result<Option<u64>> {
 }
 
 fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    walk(root, prefix, false)
+}
+
+/// Every regular file under `prefix`, as objects: the objects, or with `leftovers` the
+/// temporary files of writes that never finished, which are never objects.
+fn walk(root: &Path, prefix: &str, leftovers: bool) -> Result<Vec<ObjectInfo>> {
     let mut out = Vec::new();
     let mut stack = vec![root.join(prefix)];
     while let Some(dir) = stack.pop() {
@@ -195,7 +212,8 @@ fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
         for entry in entries {
             let entry = entry.map_err(io("list", prefix))?;
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with(".tmp-") {
+            let temporary = name.to_string_lossy().starts_with(".tmp-");
+            if temporary && !(leftovers && is_temporary_name(&name.to_string_lossy())) {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -208,7 +226,7 @@ fn list_sync(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
             let path = entry.path();
             if meta.is_dir() {
                 stack.push(path);
-            } else if meta.is_file() {
+            } else if meta.is_file() && temporary == leftovers {
                 let Ok(rel) = path.strip_prefix(root) else { continue };
                 let Some(key) = rel.to_str() else { continue };
                 let modified = meta
@@ -271,6 +289,13 @@ impl Backend for DirBackend {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let (root, prefix) = (self.root.clone(), prefix.to_string());
         blocking(move || list_sync(&root, &prefix)).await
+    }
+
+    async fn list_leftovers(&self) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        // Writes put their temporary file next to the object, and every object is under
+        // one of these.
+        blocking(move || Ok([walk(&root, "chunks/", true)?, walk(&root, "runs/", true)?].concat())).await
     }
 
     async fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
@@ -405,6 +430,29 @@ mod tests {
         std::fs::write(dir.join(".tmp-1-2"), b"partial").unwrap();
         assert_eq!(list_names_sync(root.path(), "runs/r/checkpoints/").unwrap(), ["0000000001.json", "0000000003.json"]);
         assert!(list_names_sync(root.path(), "runs/none/checkpoints/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn leftovers_are_the_temporary_files_writes_make_and_nothing_else() {
+        assert!(is_temporary_name(&temporary_name()));
+        for name in [".tmp-notes", ".tmp-12", ".tmp--1", ".tmp-1-x", "tmp-1-2", ".tmp-1-2-3"] {
+            assert!(!is_temporary_name(name), "{name}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        for rel in ["chunks/ab/.tmp-1-2", "runs/r/checkpoints/.tmp-3-4", "chunks/ab/.tmp-mine", "chunks/ab/abcd"] {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let mut left: Vec<String> = [walk(root.path(), "chunks/", true).unwrap(), walk(root.path(), "runs/", true).unwrap()]
+            .concat()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["chunks/ab/.tmp-1-2", "runs/r/checkpoints/.tmp-3-4"]);
+        let objects: Vec<String> = list_sync(root.path(), "chunks/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(objects, ["chunks/ab/abcd"]);
     }
 
     #[test]

@@ -115,6 +115,13 @@ pub trait Backend: Send + Sync + std::fmt::Display {
         Ok(names)
     }
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Temporary files that writes which never finished left behind (a directory store's,
+    /// when an upload is killed between writing an object and publishing it), which no
+    /// listing shows and nothing else removes; `prune` deletes those older than its grace
+    /// period with `delete`. A backend whose failed writes leave nothing has none.
+    async fn list_leftovers(&self) -> Result<Vec<ObjectInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Upper bounds on what baton reads from an untrusted store.
@@ -239,6 +246,16 @@ impl Store {
 
     pub async fn delete_chunk(&self, hash: &str) -> Result<()> {
         self.backend.delete(&chunk_key(hash)).await
+    }
+
+    /// Temporary files of writes that never finished (see `Backend::list_leftovers`).
+    pub async fn list_leftovers(&self) -> Result<Vec<ObjectInfo>> {
+        self.backend.list_leftovers().await
+    }
+
+    /// `key` as `list_leftovers` returned it.
+    pub async fn delete_leftover(&self, key: &str) -> Result<()> {
+        self.backend.delete(key).await
     }
 
     /// Write a manifest create-only, then read it back: a backend that ignores the
