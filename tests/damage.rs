@@ -302,3 +302,19 @@ fn prune_removes_temporary_files_of_killed_uploads() {
     let out = baton().args(["verify", "--store", s]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+#[test]
+fn overlong_paths_are_damage_that_verify_reports() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // No filesystem baton restores onto takes a name over 255 bytes or a path over 4095.
+    plant(store.path(), "long-name", |m| m["files"][0]["path"] = format!("d/{}", "n".repeat(256)).into());
+    plant(store.path(), "long-path", |m| m["files"][0]["path"] = vec!["p".repeat(200); 21].join("/").into());
+    for (run, why) in [("long-name", "longer than 255 bytes"), ("long-path", "path too long")] {
+        let out = baton().args(["verify", "--store", s, run]).output().unwrap();
+        let report = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(71), "{run}: {report}");
+        assert!(report.contains(&format!("DAMAGED  run {run} checkpoint 1: manifest")) && report.contains(why), "{run}: {report}");
+        restore_refused(store.path(), run, why);
+    }
+}
