@@ -10,7 +10,11 @@ use crate::chunking::MAX_CHUNK;
 pub const FORMAT: u32 = 1;
 /// Bounds on what a manifest may ask restore to do.
 const MAX_FILES: usize = 1_000_000;
-const MAX_PATH: usize = 4096;
+/// Linux's PATH_MAX (4096, with the terminating NUL) and NAME_MAX: a path past either
+/// cannot be restored on any filesystem baton runs on, so a manifest that lists one is
+/// damaged, whatever its chunks say, and `verify` must say so.
+const MAX_PATH: usize = 4095;
+const MAX_NAME: usize = 255;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -126,6 +130,7 @@ pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
         match part {
             "" => return Err("empty path component"),
             "." | ".." => return Err("'.' or '..' component"),
+            _ if part.len() > MAX_NAME => return Err("path component longer than 255 bytes"),
             _ => {}
         }
     }
@@ -267,9 +272,28 @@ mod tests {
         m.files.push(FileEntry { path: "a".into(), ..m.files[0].clone() });
         assert!(m.validate().is_err(), "file nested under a file");
         let mut m = sample();
+        m.files[0].path = format!("a/{}", "n".repeat(256));
+        assert!(m.validate().unwrap_err().to_string().contains("longer than 255 bytes"), "overlong name");
+        let mut m = sample();
+        m.files[0].path = vec!["p".repeat(200); 21].join("/");
+        assert!(m.validate().unwrap_err().to_string().contains("path too long"), "overlong path");
+        let mut m = sample();
         m.files[0].chunks[0].size = MAX_CHUNK as u64 + 1;
         m.files[0].size = m.files[0].chunks[0].size;
         assert!(m.validate().is_err(), "oversized chunk");
+    }
+
+    #[test]
+    fn accepts_paths_up_to_the_limits() {
+        let mut m = sample();
+        m.files[0].path = format!("a/{}", "n".repeat(255));
+        m.validate().unwrap();
+        // 4095 bytes: sixteen 255-byte names and the fifteen slashes between them.
+        m.files[0].path = vec!["d".repeat(255); 16].join("/");
+        assert_eq!(m.files[0].path.len(), 4095);
+        m.validate().unwrap();
+        m.files[0].path.push('x');
+        assert!(m.validate().is_err(), "4096 bytes");
     }
 
     #[test]

@@ -20,8 +20,14 @@ pub struct PrunePlan {
     pub checkpoints: Vec<(String, u64)>,
     pub chunks: usize,
     pub chunk_bytes: u64,
+    /// Temporary files of writes that never finished (uploads killed mid-write), older
+    /// than the grace period: nothing else ever removes them.
+    pub temporaries: usize,
+    pub temporary_bytes: u64,
     #[serde(skip)]
     doomed_chunks: Vec<String>,
+    #[serde(skip)]
+    doomed_temporaries: Vec<String>,
 }
 
 /// Plan to keep the newest `keep` checkpoints of `run` (or of every run).
@@ -68,6 +74,15 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
         }
     }
     plan.chunks = plan.doomed_chunks.len();
+    // A write in progress touches its temporary file until it publishes it moments later,
+    // so one older than the grace period belongs to a write that is dead.
+    for o in store.list_leftovers().await? {
+        if now - o.modified >= grace.as_secs() as i64 {
+            plan.temporary_bytes += o.size;
+            plan.doomed_temporaries.push(o.key);
+        }
+    }
+    plan.temporaries = plan.doomed_temporaries.len();
     Ok(plan)
 }
 
@@ -80,6 +95,9 @@ impl PrunePlan {
         }
         for h in &self.doomed_chunks {
             store.delete_chunk(h).await?;
+        }
+        for key in &self.doomed_temporaries {
+            store.delete_leftover(key).await?;
         }
         Ok(())
     }

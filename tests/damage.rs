@@ -165,3 +165,156 @@ fn restore_and_prune_round_trip() {
     let out = baton().args(["verify", "--store", s]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// The latest checkpoint's weights.bin chunk (it changes at every save, so it belongs to
+/// the latest checkpoint only), with the latest seq.
+fn latest_weights_chunk(store: &Path, manifests: &[std::path::PathBuf]) -> (u64, std::path::PathBuf) {
+    let latest = manifest(manifests.last().unwrap());
+    let file = latest["files"].as_array().unwrap().iter().find(|f| f["path"] == "weights.bin").unwrap();
+    (latest["seq"].as_u64().unwrap(), chunk_path(store, file["chunks"][0]["hash"].as_str().unwrap()))
+}
+
+/// A new slot that restores and then commits one small final checkpoint; returns
+/// (exit code, stdout, stderr).
+fn restart(store: &Path, run: &str) -> (Option<i32>, String, String) {
+    let slot = tempfile::tempdir().unwrap();
+    let cmd = ["sh", "-c", "echo restored=$BATON_RESTORED_SEQ; echo more > $BATON_CHECKPOINT_DIR/more"];
+    let out = output_of(spawn_run(slot.path(), store.to_str().unwrap(), run, &[], &[], &cmd));
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_chunk_that_cannot_be_read_is_damage_not_an_outage() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "chunkdir");
+    let (latest_seq, victim) = latest_weights_chunk(store.path(), &manifests);
+    // Something that is not an object where a chunk belongs: reading it is an I/O error
+    // (EISDIR), which says the chunk is damaged, not that the store is down.
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(71), "{report}\n{}", text(&out.stderr));
+    assert!(report.contains(&format!("checkpoint {latest_seq} file weights.bin")), "{report}");
+    assert_eq!(report.matches("DAMAGED").count(), 1, "{report}");
+
+    let to = tempfile::tempdir().unwrap();
+    let target = to.path().join("out");
+    let out = baton().args(["restore", "--store", s, "chunkdir", "--to", target.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "restore did not fall back: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("SKIPPING DAMAGED CHECKPOINT {latest_seq}")), "{}", text(&out.stderr));
+
+    let (code, stdout, stderr) = restart(store.path(), "chunkdir");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("SKIPPING DAMAGED CHECKPOINT {latest_seq}")), "{stderr}");
+    assert!(stdout.contains(&format!("restored={}", latest_seq - 1)), "{stdout}\n{stderr}");
+}
+
+fn checkpoint_file(store: &Path, run: &str, seq: u64) -> std::path::PathBuf {
+    store.join("runs").join(run).join("checkpoints").join(format!("{seq:010}.json"))
+}
+
+#[test]
+fn a_manifest_name_past_the_seq_range_is_ignored() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "wrap");
+    let latest_seq = manifest(manifests.last().unwrap())["seq"].as_u64().unwrap();
+    // Taken at face value, this name makes the next seq u64::MAX + 1.
+    let junk = store.path().join("runs/wrap/checkpoints/18446744073709551615.json");
+    std::fs::copy(manifests.last().unwrap(), &junk).unwrap();
+
+    let out = baton().args(["verify", "--store", s, "wrap"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("18446744073709551615.json"), "no warning about the junk name: {}", text(&out.stderr));
+
+    let (code, stdout, stderr) = restart(store.path(), "wrap");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&format!("restored={latest_seq}")), "{stdout}\n{stderr}");
+    assert!(checkpoint_file(store.path(), "wrap", latest_seq + 1).is_file(), "the next checkpoint was not written after {latest_seq}");
+    assert!(junk.exists(), "run must not delete what it did not write");
+}
+
+#[test]
+fn a_directory_at_a_manifest_path_is_damage_and_the_run_goes_on() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let manifests = finished_run(store.path(), "mdir");
+    let latest_seq = manifest(manifests.last().unwrap())["seq"].as_u64().unwrap();
+    let blocked = latest_seq + 1;
+    std::fs::create_dir(checkpoint_file(store.path(), "mdir", blocked)).unwrap();
+
+    let out = baton().args(["verify", "--store", s, "mdir"]).output().unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(71), "{report}\n{}", text(&out.stderr));
+    assert!(report.contains(&format!("DAMAGED  run mdir checkpoint {blocked}: manifest")), "{report}");
+
+    // Every new attempt used to pick `blocked` as its next seq and lose to "another writer".
+    for attempt in 0..2 {
+        let (code, stdout, stderr) = restart(store.path(), "mdir");
+        assert_eq!(code, Some(0), "attempt {attempt}: {stderr}");
+        // The first skips the blocked seq; the second restores what the first wrote past it.
+        let restored = if attempt == 0 { latest_seq } else { blocked + 1 };
+        assert_eq!(stderr.contains(&format!("SKIPPING DAMAGED CHECKPOINT {blocked}")), attempt == 0, "{stderr}");
+        assert!(stdout.contains(&format!("restored={restored}")), "{stdout}\n{stderr}");
+        assert!(checkpoint_file(store.path(), "mdir", blocked + 1 + attempt).is_file(), "attempt {attempt}: {stderr}");
+    }
+}
+
+#[test]
+fn prune_removes_temporary_files_of_killed_uploads() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    finished_run(store.path(), "tmp");
+    // What a write killed between creating its temporary file and publishing it leaves.
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    let old_chunk = store.path().join("chunks/ab/.tmp-4242-1700000000000000000");
+    let old_manifest = store.path().join("runs/tmp/checkpoints/.tmp-4242-1700000000000000001");
+    let fresh = store.path().join("chunks/cd/.tmp-4243-1700000000000000002");
+    let not_ours = store.path().join("chunks/ab/.tmp-notes");
+    for p in [&old_chunk, &old_manifest, &fresh, &not_ours] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, vec![7u8; 1000]).unwrap();
+    }
+    for p in [&old_chunk, &old_manifest, &not_ours] {
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+
+    let out = baton().args(["prune", "--store", s, "--keep", "100", "--dry-run", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["temporaries"], 2, "{plan}");
+    assert_eq!(plan["temporary_bytes"], 2000, "{plan}");
+    assert!(old_chunk.exists() && old_manifest.exists(), "a dry run deleted something");
+
+    let out = baton().args(["prune", "--store", s, "--keep", "100"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 temporary file(s)"), "{}", text(&out.stdout));
+    assert!(!old_chunk.exists() && !old_manifest.exists(), "stale temporaries are left");
+    assert!(fresh.exists(), "a temporary younger than --grace may belong to an upload in progress");
+
+    let out = baton().args(["prune", "--store", s, "--keep", "100", "--grace", "0s"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!fresh.exists(), "--grace 0s leaves a temporary");
+    assert!(not_ours.exists(), "prune deleted a file baton did not name");
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn overlong_paths_are_damage_that_verify_reports() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // No filesystem baton restores onto takes a name over 255 bytes or a path over 4095.
+    plant(store.path(), "long-name", |m| m["files"][0]["path"] = format!("d/{}", "n".repeat(256)).into());
+    plant(store.path(), "long-path", |m| m["files"][0]["path"] = vec!["p".repeat(200); 21].join("/").into());
+    for (run, why) in [("long-name", "longer than 255 bytes"), ("long-path", "path too long")] {
+        let out = baton().args(["verify", "--store", s, run]).output().unwrap();
+        let report = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(71), "{run}: {report}");
+        assert!(report.contains(&format!("DAMAGED  run {run} checkpoint 1: manifest")) && report.contains(why), "{run}: {report}");
+        restore_refused(store.path(), run, why);
+    }
+}

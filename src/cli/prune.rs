@@ -18,7 +18,7 @@ pub struct Args {
     /// Checkpoints to keep per run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep: u64,
-    /// Only chunks older than this are deleted.
+    /// Only chunks (and temporary files of unfinished uploads) older than this are deleted.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     grace: Duration,
     /// Say what would be deleted, delete nothing.
@@ -49,6 +49,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             plan.chunks,
             plan.chunk_bytes as f64 / 1e6
         );
+        if plan.temporaries > 0 {
+            println!("{verb} {} temporary file(s) of unfinished uploads, {:.1} MB", plan.temporaries, plan.temporary_bytes as f64 / 1e6);
+        }
     }
     Ok(0)
 }

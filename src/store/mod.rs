@@ -32,6 +32,10 @@ pub enum StoreError {
     NotFound { key: String },
     #[error("{key}: object is {size} bytes, more than the {limit} bytes baton accepts for it")]
     TooLarge { key: String, size: u64, limit: u64 },
+    /// Something is stored under the key, but it cannot be what baton wrote there (a
+    /// directory store: a directory or an unreadable file at an object's name).
+    #[error("{key}: {detail}")]
+    Damaged { key: String, detail: String },
     #[error("{key}: already written by another writer; {detail}")]
     Conflict { key: String, detail: String },
     #[error("the store at {store} refused the credentials ({detail}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the key files) for this endpoint")]
@@ -60,7 +64,7 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             // Keys come from manifests: a missing or oversized object is damage.
-            StoreError::NotFound { .. } | StoreError::TooLarge { .. } => ErrorKind::Integrity,
+            StoreError::NotFound { .. } | StoreError::TooLarge { .. } | StoreError::Damaged { .. } => ErrorKind::Integrity,
             StoreError::Conflict { .. } => ErrorKind::Conflict,
             StoreError::Auth { .. } | StoreError::Denied { .. } => ErrorKind::Permanent,
             StoreError::Unreachable { .. } | StoreError::Outage { .. } | StoreError::Backend { .. } | StoreError::Io { .. } => {
@@ -100,7 +104,32 @@ pub trait Backend: Send + Sync + std::fmt::Display {
     async fn head(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// The names directly under `prefix` (ending in `/`), as a listing with a `/`
+    /// delimiter gives them: each object's name, and the first component of each deeper
+    /// key. A backend on a filesystem also names what takes a name without being an
+    /// object (a directory, even an empty one; a FIFO): nothing can be written under such
+    /// a name, so a reader must count it as taken (and damaged), never as free.
+    async fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list(prefix)
+            .await?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(prefix)?.split('/').next())
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Temporary files that writes which never finished left behind (a directory store's,
+    /// when an upload is killed between writing an object and publishing it), which no
+    /// listing shows and nothing else removes; `prune` deletes those older than its grace
+    /// period with `delete`. A backend whose failed writes leave nothing has none.
+    async fn list_leftovers(&self) -> Result<Vec<ObjectInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Upper bounds on what baton reads from an untrusted store.
@@ -124,8 +153,48 @@ fn chunk_key(hash: &str) -> String {
     format!("chunks/{}/{}", &hash[..2], hash)
 }
 
+/// Manifest names are ten digits (`{:010}`), so seqs stop here: the next seq after any
+/// listed one can neither overflow nor need an eleventh digit that listing would ignore.
+pub const MAX_SEQ: u64 = 9_999_999_999;
+
 fn manifest_key(run: &RunId, seq: u64) -> String {
     format!("runs/{}/checkpoints/{:010}.json", run, seq)
+}
+
+/// The seq a manifest's name stands for, only in the exact form `manifest_key` writes:
+/// "42.json" or "+000000042.json" would be listed as a seq whose manifest is then looked
+/// for under another name, and "18446744073709551615.json" would make the next seq wrap.
+fn seq_of_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Attempt numbers are bounded like seqs, so reserving the next one cannot overflow.
+pub const MAX_ATTEMPT: u64 = 999_999_999;
+
+/// (n, end record?) for an attempt record's name, only in the form `attempt_key` writes.
+fn attempt_of_name(name: &str) -> Option<(u64, bool)> {
+    let (digits, end) = match name.strip_suffix(".end.json") {
+        Some(d) => (d, true),
+        None => (name.strip_suffix(".json")?, false),
+    };
+    if digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (format!("{n:06}") == digits).then_some((n, end))
+}
+
+/// Say once per process, not at every listing, that a name in the store is ignored.
+fn warn_ignored(key: &str, why: &str) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if warned.insert(key.to_string()) {
+        tracing::warn!("ignoring {key}: {why}");
+    }
 }
 
 /// Attempt records: `<n>.json` is written when the attempt starts (it reserves `n`), and
@@ -198,16 +267,46 @@ impl Store {
         self.backend.delete(&chunk_key(hash)).await
     }
 
+    /// Temporary files of writes that never finished (see `Backend::list_leftovers`).
+    pub async fn list_leftovers(&self) -> Result<Vec<ObjectInfo>> {
+        self.backend.list_leftovers().await
+    }
+
+    /// `key` as `list_leftovers` returned it.
+    pub async fn delete_leftover(&self, key: &str) -> Result<()> {
+        self.backend.delete(key).await
+    }
+
     /// Write a manifest create-only, then read it back: a backend that ignores the
     /// condition must not let two writers both believe they own `seq`.
     pub async fn put_manifest(&self, run: &RunId, seq: u64, body: Bytes) -> Result<()> {
         let key = manifest_key(run, seq);
+        if seq > MAX_SEQ {
+            return Err(StoreError::Damaged {
+                key,
+                detail: format!(
+                    "checkpoint numbers stop at {MAX_SEQ}, so run {run} cannot commit another checkpoint; a stray manifest named {MAX_SEQ}.json is probably in the store: remove it"
+                ),
+            });
+        }
         match self.backend.put(&key, body.clone(), true).await? {
             PutOutcome::AlreadyExists => {
-                return Err(StoreError::Conflict {
-                    key,
-                    detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
-                })
+                // Another writer's manifest, or something that never was one (a directory
+                // at the name): only the first is a conflict. The second is damage, which
+                // costs this checkpoint but not the attempt; the next attempt lists the
+                // name and numbers past it.
+                return Err(match self.backend.get(&key, MAX_MANIFEST_BYTES).await {
+                    Err(e) if e.kind() == ErrorKind::Integrity => StoreError::Damaged {
+                        key,
+                        detail: format!(
+                            "checkpoint number {seq} is taken by something that is not a manifest ({e}); this checkpoint is not committed, and the run's next attempt numbers its checkpoints past it"
+                        ),
+                    },
+                    _ => StoreError::Conflict {
+                        key,
+                        detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
+                    },
+                });
             }
             PutOutcome::Created => {}
         }
@@ -229,16 +328,24 @@ impl Store {
         self.backend.delete(&manifest_key(run, seq)).await
     }
 
-    /// Checkpoint seqs of a run, ascending. Keys that are not ours are ignored.
+    /// Checkpoint seqs of a run, ascending. Keys that are not ours are ignored, with a
+    /// warning for `.json` names that are not the ten digits baton writes.
     pub async fn list_manifests(&self, run: &RunId) -> Result<Vec<u64>> {
         let prefix = format!("runs/{}/checkpoints/", run);
-        let mut seqs: Vec<u64> = self
-            .backend
-            .list(&prefix)
-            .await?
-            .iter()
-            .filter_map(|o| o.key.strip_prefix(&prefix)?.strip_suffix(".json")?.parse().ok())
-            .collect();
+        let mut seqs = Vec::new();
+        // Names, not objects: a seq whose name holds a directory is taken. Listed, it is
+        // reported as damaged and the next seq goes past it; unlisted, every new attempt
+        // would pick it and lose to "another writer".
+        for name in self.backend.list_names(&prefix).await? {
+            match seq_of_name(&name) {
+                Some(seq) => seqs.push(seq),
+                None if name.ends_with(".json") => warn_ignored(
+                    &format!("{prefix}{name}"),
+                    "not a checkpoint name baton writes (ten digits, 0000000000.json to 9999999999.json); remove it",
+                ),
+                None => {}
+            }
+        }
         seqs.sort_unstable();
         seqs.dedup();
         Ok(seqs)
@@ -246,6 +353,14 @@ impl Store {
 
     /// Reserve attempt number `n` by writing its start record create-only.
     pub async fn put_attempt_start(&self, run: &RunId, n: u64, body: Bytes) -> Result<PutOutcome> {
+        if n > MAX_ATTEMPT {
+            return Err(StoreError::Damaged {
+                key: attempt_key(run, n, false),
+                detail: format!(
+                    "attempt numbers stop at {MAX_ATTEMPT}, so run {run} cannot start again; a stray attempt record with a huge number is probably in the store: remove it"
+                ),
+            });
+        }
         self.backend.put(&attempt_key(run, n, false), body, true).await
     }
 
@@ -259,11 +374,15 @@ impl Store {
         let mut starts = std::collections::BTreeMap::new();
         for o in self.backend.list(&prefix).await? {
             let Some(name) = o.key.strip_prefix(&prefix) else { continue };
-            if let Some(n) = name.strip_suffix(".end.json").and_then(|n| n.parse::<u64>().ok()) {
-                starts.entry(n).or_insert(false);
-                starts.insert(n, true);
-            } else if let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
-                starts.entry(n).or_insert(false);
+            match attempt_of_name(name) {
+                Some((n, true)) => {
+                    starts.insert(n, true);
+                }
+                Some((n, false)) => {
+                    starts.entry(n).or_insert(false);
+                }
+                None if name.ends_with(".json") => warn_ignored(&o.key, "not an attempt record name baton writes; remove it"),
+                None => {}
             }
         }
         Ok(starts.into_iter().collect())
@@ -286,5 +405,40 @@ impl Store {
         runs.sort();
         runs.dedup();
         Ok(runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_names_baton_writes_are_seqs() {
+        let run = RunId::parse("r").unwrap();
+        for seq in [0, 1, 42, MAX_SEQ] {
+            let key = manifest_key(&run, seq);
+            assert_eq!(seq_of_name(key.rsplit('/').next().unwrap()), Some(seq), "{key}");
+        }
+        for name in
+            ["18446744073709551615.json", "10000000000.json", "42.json", "+000000042.json", "000000004a.json", "0000000042", ".json"]
+        {
+            assert_eq!(seq_of_name(name), None, "{name}");
+        }
+        // Whatever is listed, the next seq is representable and gets a name listing sees.
+        assert!(MAX_SEQ.checked_add(1).is_some());
+    }
+
+    #[test]
+    fn only_the_names_baton_writes_are_attempts() {
+        let run = RunId::parse("r").unwrap();
+        for n in [1, 999_999, 1_000_000, MAX_ATTEMPT] {
+            for end in [false, true] {
+                let key = attempt_key(&run, n, end);
+                assert_eq!(attempt_of_name(key.rsplit('/').next().unwrap()), Some((n, end)), "{key}");
+            }
+        }
+        for name in ["18446744073709551615.json", "1000000000.json", "1.json", "+00001.json", "0000001.end.json", "000001.tmp"] {
+            assert_eq!(attempt_of_name(name), None, "{name}");
+        }
     }
 }
