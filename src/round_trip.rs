@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{chunk_key, manifest_key, Backend, MemoryBackend, Store, MAX_MANIFEST_BYTES};
 use crate::attempt::Attempt;
 use crate::capture::{self, Hold};
 use crate::htcondor::JobIds;
@@ -17,6 +16,7 @@ use crate::identity::RunId;
 use crate::manifest::{Manifest, Reason};
 use crate::restore;
 use crate::store::KnownChunks;
+use crate::store::{chunk_key, manifest_key, Backend, MemoryBackend, Store, StoreError, MAX_MANIFEST_BYTES};
 use crate::upload::{self, CommitInfo, Settings};
 
 fn run() -> RunId {
@@ -214,7 +214,7 @@ async fn a_manifest_over_the_size_limit_is_refused_and_restore_falls_back() {
     let (backend, store) = memory_store();
     backend.put(&manifest_key(&run(), 5), Bytes::from(vec![b' '; MAX_MANIFEST_BYTES as usize + 1]), true).await.unwrap();
     match store.get_manifest_bytes(&run(), 5).await {
-        Err(super::StoreError::TooLarge { size, limit, .. }) => assert_eq!((size, limit), (MAX_MANIFEST_BYTES + 1, MAX_MANIFEST_BYTES)),
+        Err(StoreError::TooLarge { size, limit, .. }) => assert_eq!((size, limit), (MAX_MANIFEST_BYTES + 1, MAX_MANIFEST_BYTES)),
         other => panic!("expected TooLarge, got {:?}", other.map(|b| b.len())),
     }
 }
