@@ -218,3 +218,32 @@ async fn a_manifest_over_the_size_limit_is_refused_and_restore_falls_back() {
         other => panic!("expected TooLarge, got {:?}", other.map(|b| b.len())),
     }
 }
+
+/// A long-running uploader and a prune: the prune deletes a chunk the uploader saw
+/// earlier (referenced only by a pruned checkpoint, older than the grace period). Once
+/// its knowledge is older than its trust window, the uploader must ask the store again
+/// and upload the chunk, not commit a manifest naming a deleted object.
+#[tokio::test]
+async fn a_chunk_pruned_since_the_uploader_saw_it_is_uploaded_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::memory();
+    let known = KnownChunks::trusting_for(std::time::Duration::from_millis(200));
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    checkpoint(&a, 7);
+    checkpoint(&b, 8);
+    commit(&store, tmp.path(), &a, 1, &known).await;
+    commit(&store, tmp.path(), &b, 2, &known).await;
+    // Keep only checkpoint 2: a's chunks are unreferenced, and with no grace they go.
+    let plan = crate::prune::plan(&store, None, 1, std::time::Duration::ZERO).await.unwrap();
+    assert!(plan.chunks > 0, "a's chunks are unreferenced");
+    plan.execute(&store).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The trainer goes back to a's bytes (say, a reset to the base weights).
+    let m = commit(&store, tmp.path(), &a, 3, &known).await;
+    assert!(m.sizes.new_bytes > 0, "nothing was uploaded again: {:?}", m.sizes);
+    let work = tmp.path().join("work");
+    let restored = restore::restore_latest(&store, &run(), &work, 4, &KnownChunks::default()).await.unwrap();
+    let (back, dir) = restored.found.expect("checkpoint 3 restores");
+    assert_eq!((back.seq, restored.skipped.len()), (3, 0), "{:?}", restored.skipped);
+    assert_eq!(read_tree(&dir), read_tree(&a));
+}

@@ -1,21 +1,62 @@
-//! The set of chunks this process knows are durable in the store, shared by restore
-//! (every chunk it read whole) and upload (every chunk it wrote or found), so that an
-//! upload can skip even the existence check for them.
+//! The chunks this process knows are durable in the store, shared by restore (every
+//! chunk it read whole) and upload (every chunk it wrote or found), so that an upload
+//! can skip even the existence check for them.
+//!
+//! Knowledge goes stale: `baton prune` deletes chunks that no manifest references and
+//! that are older than its grace period (default 1 h). A long-running `baton run` that
+//! trusted its memory for hours committed manifests naming chunks a prune had deleted
+//! meanwhile. So an entry is trusted for `TRUST` only, well inside the default grace,
+//! and the store is asked again after that.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Chunks this process knows are durable in the store: skip even the HEAD for them.
-#[derive(Default, Clone)]
-pub struct KnownChunks(Arc<Mutex<HashSet<String>>>);
+/// How long a chunk seen in the store is taken to be there without asking again.
+pub const TRUST: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Clone)]
+pub struct KnownChunks {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    trust: Duration,
+}
+
+impl Default for KnownChunks {
+    fn default() -> Self {
+        KnownChunks::trusting_for(TRUST)
+    }
+}
 
 impl KnownChunks {
-    pub fn contains(&self, h: &str) -> bool {
-        self.0.lock().map(|s| s.contains(h)).unwrap_or(false)
+    pub fn trusting_for(trust: Duration) -> Self {
+        KnownChunks { seen: Arc::default(), trust }
     }
+
+    /// Seen in the store within the trust window.
+    pub fn contains(&self, h: &str) -> bool {
+        self.seen.lock().map(|s| s.get(h).is_some_and(|at| at.elapsed() < self.trust)).unwrap_or(false)
+    }
+
+    /// The chunk is in the store now.
     pub fn insert(&self, h: String) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(h);
+        if let Ok(mut s) = self.seen.lock() {
+            s.insert(h, Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knowledge_expires_and_is_renewed_by_seeing_the_chunk_again() {
+        let known = KnownChunks::trusting_for(Duration::from_millis(50));
+        known.insert("a".into());
+        assert!(known.contains("a") && !known.contains("b"));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!known.contains("a"), "trusted past its window");
+        known.insert("a".into());
+        assert!(known.contains("a"));
     }
 }
