@@ -25,3 +25,4 @@ pub mod store;
 pub mod supervisor;
 pub mod upload;
 pub mod verify;
+pub mod watcher;
