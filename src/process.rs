@@ -9,7 +9,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::io::Write;
-use std::mem::ManuallyDrop;
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -109,10 +108,33 @@ static WATCHER: AtomicI32 = AtomicI32::new(0);
 
 /// baton's end of the pipe to the watcher, and the watcher's pid.
 pub struct Watcher {
-    /// Never closed: the kernel closes it when baton exits, however it exits, and the
-    /// watcher's read then ends (EOF). Close-on-exec, so no child of baton holds it.
-    tell: ManuallyDrop<std::fs::File>,
+    /// Closed when the watcher is dropped, or by the kernel when baton is killed; either
+    /// way the watcher's read ends (EOF). Close-on-exec, so no child of baton holds it.
+    tell: Option<std::fs::File>,
     pub pid: Pid,
+}
+
+/// How long a normal exit waits for the watcher's last sweep: one pass over /proc when
+/// baton already killed the family; never long enough to endanger the exit deadline.
+const WATCHER_EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Drop for Watcher {
+    /// baton is ending normally: end the watcher's read, let it sweep (it normally finds
+    /// nothing), and reap it, so that not even the watcher outlives `baton run`.
+    fn drop(&mut self) {
+        self.tell.take();
+        let start = std::time::Instant::now();
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if start.elapsed() < WATCHER_EXIT_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                // Gone, already reaped, or still sweeping a large family: it finishes on its own.
+                _ => break,
+            }
+        }
+        WATCHER.store(0, Ordering::SeqCst);
+    }
 }
 
 impl Watcher {
@@ -141,14 +163,16 @@ impl Watcher {
         let child = cmd.spawn()?;
         let pid = Pid::from_raw(child.id() as i32);
         WATCHER.store(pid.as_raw(), Ordering::SeqCst);
-        Ok(Watcher { tell: ManuallyDrop::new(std::fs::File::from(write)), pid })
+        Ok(Watcher { tell: Some(std::fs::File::from(write)), pid })
     }
 
     /// Tell the watcher the command's current process group (0: none), to kill if baton dies.
     pub fn watch_group(&self, pgid: Option<Pid>) {
         let line = format!("{}\n", pgid.map(|p| p.as_raw()).unwrap_or(0));
         // A watcher that is gone (EPIPE; SIGPIPE is ignored) leaves today's guarantees.
-        let _ = (&*self.tell).write_all(line.as_bytes());
+        if let Some(mut tell) = self.tell.as_ref() {
+            let _ = tell.write_all(line.as_bytes());
+        }
     }
 }
 

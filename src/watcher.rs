@@ -9,7 +9,8 @@
 //! double-forked helpers too; HTCondor's starter tracks job processes by an inherited
 //! environment marker the same way). The watcher blocks reading a pipe whose only write
 //! end is baton's: each line names the command's current process group; end of file
-//! means baton is gone, however it ended. Then it kills that group and every process of
+//! means baton is gone or going: killed (the kernel closed the pipe), or ending normally
+//! (it closed the pipe and waits for the watcher to exit). Then it kills that group and every process of
 //! its user whose environment holds the token, a few rounds until none is left (a forking
 //! process can race one round), and exits. While baton lives it costs one sleeping process.
 
@@ -128,7 +129,7 @@ pub fn main(token: &str) -> i32 {
     }
     let killed = sweep(token, group);
     if killed > 0 {
-        eprintln!("baton: baton run is gone; its watcher killed {killed} process(es) the command left running");
+        eprintln!("baton: watcher: killed {killed} process(es) the command left running after baton run ended");
     }
     0
 }

@@ -187,3 +187,25 @@ fn grandchildren_in_and_out_of_the_group_die_with_a_sigkilled_baton() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_normal_exit_leaves_not_even_the_watcher() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let token_file = slot.path().join("token");
+    let script = r#"echo "$BATON_FAMILY" > "$1"; exit 3"#;
+    let out = output_of(spawn_run(
+        slot.path(),
+        store.path().to_str().unwrap(),
+        "quiet",
+        &[],
+        &[],
+        &["sh", "-c", script, "t", token_file.to_str().unwrap()],
+    ));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(!err.contains("watcher"), "the watcher found something to kill: {err}");
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert!(!token.is_empty());
+    // baton closed the watcher's pipe and reaped it before exiting.
+    assert_eq!(processes_mentioning(&token), Vec::<i32>::new());
+}
