@@ -223,10 +223,11 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Once, before the command first starts. Without a watcher (it could not start) the
-    /// command still runs, with the guarantees of a baton that is alive to kill its family.
+    /// Before the command first starts (tried again at an in-place restart if it failed).
+    /// Without a watcher the command still runs, with the guarantees of a baton that is
+    /// alive to kill its family.
     fn start_watcher(&mut self) {
-        if self.watcher.is_some() || !self.family.is_empty() {
+        if self.watcher.is_some() {
             return;
         }
         let token = watcher::new_token();
