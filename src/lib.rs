@@ -25,6 +25,7 @@ pub mod store;
 pub mod supervisor;
 pub mod upload;
 pub mod verify;
+pub mod watcher;
 
 // Upload and restore against the in-memory store, in process: the engine end to end.
 #[cfg(test)]

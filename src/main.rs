@@ -13,6 +13,12 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "commit") {
         signals::ignore_eviction_signals();
     }
+    // The watcher `baton run` starts (hidden): no runtime, no threads, just a blocking read.
+    if std::env::args_os().nth(1).is_some_and(|a| a == baton::watcher::ARG) {
+        signals::ignore_eviction_signals();
+        let token = std::env::args_os().nth(2).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        std::process::exit(baton::watcher::main(&token));
+    }
     baton::process::one_malloc_arena();
     std::process::exit(cli::main());
 }

@@ -1,13 +1,16 @@
 //! The command's process family, handled like an init process (tini, dumb-init): its
 //! own process group, a parent-death signal so it never outlives baton, reaping of
 //! every child (baton is a subreaper, so double-forked grandchildren come back to it),
-//! and exit statuses reported the way a shell does.
+//! and exit statuses reported the way a shell does. A watcher process (see
+//! [`crate::watcher`]) outlives baton to kill the family when baton itself is SIGKILLed.
 
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -96,6 +99,80 @@ pub fn spawn(argv: &[OsString], env: &[(String, String)], unset: &[&str]) -> Res
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SpawnError::NotFound(name)),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(SpawnError::NotExecutable(name)),
         Err(e) => Err(SpawnError::Other(name, e)),
+    }
+}
+
+/// The watcher's pid once started. It is baton's helper, not part of the command's
+/// family: [`kill_everything`] spares it, since its whole purpose is to outlive baton.
+static WATCHER: AtomicI32 = AtomicI32::new(0);
+
+/// baton's end of the pipe to the watcher, and the watcher's pid.
+pub struct Watcher {
+    /// Closed when the watcher is dropped, or by the kernel when baton is killed; either
+    /// way the watcher's read ends (EOF). Close-on-exec, so no child of baton holds it.
+    tell: Option<std::fs::File>,
+    pub pid: Pid,
+}
+
+/// How long a normal exit waits for the watcher's last sweep: one pass over /proc when
+/// baton already killed the family; never long enough to endanger the exit deadline.
+const WATCHER_EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Drop for Watcher {
+    /// baton is ending normally: end the watcher's read, let it sweep (it normally finds
+    /// nothing), and reap it, so that not even the watcher outlives `baton run`.
+    fn drop(&mut self) {
+        self.tell.take();
+        let start = std::time::Instant::now();
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if start.elapsed() < WATCHER_EXIT_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                // Gone, already reaped, or still sweeping a large family: it finishes on its own.
+                _ => break,
+            }
+        }
+        WATCHER.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Watcher {
+    /// Start baton's own program as the watcher (`baton __watch TOKEN`): exec'd, not a bare
+    /// fork of this threaded process; in a process group of its own, so signals forwarded
+    /// to the command's group or sent to baton's never reach it; with the eviction signals
+    /// ignored from before its exec (an ignored disposition survives exec).
+    pub fn start(token: &str) -> std::io::Result<Watcher> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg0("baton")
+            .arg(crate::watcher::ARG)
+            .arg(token)
+            .stdin(std::process::Stdio::from(read))
+            .stdout(std::process::Stdio::null())
+            .process_group(0);
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                for sig in crate::signals::EVICTION {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = Pid::from_raw(child.id() as i32);
+        WATCHER.store(pid.as_raw(), Ordering::SeqCst);
+        Ok(Watcher { tell: Some(std::fs::File::from(write)), pid })
+    }
+
+    /// Tell the watcher the command's current process group (0: none), to kill if baton dies.
+    pub fn watch_group(&self, pgid: Option<Pid>) {
+        let line = format!("{}\n", pgid.map(|p| p.as_raw()).unwrap_or(0));
+        // A watcher that is gone (EPIPE; SIGPIPE is ignored) leaves today's guarantees.
+        if let Some(mut tell) = self.tell.as_ref() {
+            let _ = tell.write_all(line.as_bytes());
+        }
     }
 }
 
@@ -211,13 +288,19 @@ pub fn descendants(root: i32) -> Vec<Pid> {
     out
 }
 
-/// Children of this process right now (including re-parented orphans).
+/// Children of this process right now (including re-parented orphans), except the watcher.
 pub fn children() -> Vec<Pid> {
     let me = std::process::id() as i32;
-    parent_map().into_iter().filter(|&(_, ppid)| ppid == me).map(|(pid, _)| Pid::from_raw(pid)).collect()
+    let watcher = WATCHER.load(Ordering::SeqCst);
+    parent_map()
+        .into_iter()
+        .filter(|&(pid, ppid)| ppid == me && (watcher == 0 || pid != watcher))
+        .map(|(pid, _)| Pid::from_raw(pid))
+        .collect()
 }
 
-/// SIGKILL the group (led by `main`) and every remaining child, then reap them. Used
+/// SIGKILL the group (led by `main`) and every remaining child but the watcher, then
+/// reap them. Used
 /// on every way out of `baton run`, so nothing the command started outlives baton.
 /// Returns `main`'s status if it was reaped here.
 pub fn kill_everything(main: Option<Pid>) -> Option<Exit> {

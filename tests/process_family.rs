@@ -119,3 +119,93 @@ fn quick_restarts_under_the_limit_go_on() {
     assert_eq!(err.matches("restarting it in place").count(), 6, "{err}");
     assert_eq!(err.matches("restarting it in place after a").count(), 5, "only the first quick restart is immediate: {err}");
 }
+
+/// Processes whose command line mentions `needle` (the watcher carries the family token).
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if alive(pid) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn grandchildren_in_and_out_of_the_group_die_with_a_sigkilled_baton() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let d = slot.path().join("pids");
+    std::fs::create_dir(&d).unwrap();
+    // Each helper writes its own pid (after setsid, where it leaves the group):
+    // a: `sleep &` in the trainer's group; b: a `setsid` child in a session of its own;
+    // c: a double-forked orphan still in the group; e: a double-forked orphan that also
+    // left the group and session. The trainer ignores SIGTERM and waits.
+    let script = r#"
+        D="$1"
+        echo "$BATON_FAMILY" > "$D/token"
+        trap '' TERM
+        sh -c 'echo $$ > "$1/a"; exec sleep 300' a "$D" &
+        setsid sh -c 'echo $$ > "$1/b"; exec sleep 300' b "$D" &
+        sh -c 'sh -c '\''echo $$ > "$1/c"; exec sleep 300'\'' c "$1" &' c "$D"
+        sh -c 'setsid sh -c '\''echo $$ > "$1/e"; exec sleep 300'\'' e "$1" &' e "$D"
+        while :; do sleep 1; done
+    "#;
+    let mut child =
+        spawn_run(slot.path(), store.path().to_str().unwrap(), "hardkill", &[], &[], &["sh", "-c", script, "trainer", d.to_str().unwrap()]);
+    let start = Instant::now();
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let pids = loop {
+        let pids: Vec<i32> = ["a", "b", "c", "e"].iter().filter_map(|n| read(n)).collect();
+        if pids.len() == 4 {
+            break pids;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the helpers never started: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let token = std::fs::read_to_string(d.join("token")).unwrap().trim().to_string();
+    for &pid in &pids {
+        assert!(alive(pid), "helper {pid} died before baton did");
+    }
+
+    send_signal(child.id(), libc::SIGKILL);
+    wait_with_timeout(&mut child, Duration::from_secs(10));
+    let t0 = Instant::now();
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "outlived a SIGKILLed baton: {left:?} of a b c e = {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The watcher did its work and is gone too.
+    assert!(!token.is_empty(), "the command was not given BATON_FAMILY");
+    while !processes_mentioning(&token).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the watcher outlived its work: {:?}", processes_mentioning(&token));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_normal_exit_leaves_not_even_the_watcher() {
+    let (slot, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let token_file = slot.path().join("token");
+    let script = r#"echo "$BATON_FAMILY" > "$1"; exit 3"#;
+    let out = output_of(spawn_run(
+        slot.path(),
+        store.path().to_str().unwrap(),
+        "quiet",
+        &[],
+        &[],
+        &["sh", "-c", script, "t", token_file.to_str().unwrap()],
+    ));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(!err.contains("watcher"), "the watcher found something to kill: {err}");
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert!(!token.is_empty());
+    // baton closed the watcher's pipe and reaped it before exiting.
+    assert_eq!(processes_mentioning(&token), Vec::<i32>::new());
+}

@@ -28,7 +28,7 @@ exits with the command's status before the window ends.",
     after_help = "Examples:\n  baton run --store s3://bucket/ckpt --run-id resnet-1 -- python3 train.py --epochs 90\n  \
 baton run --checkpoint-exit-code 85 -- ./train.sh          (existing exit-85 jobs)\n\
 Environment given to the command: BATON_CHECKPOINT_DIR, BATON_RUN_ID, BATON_ATTEMPT, BATON_RESTORED_SEQ/EPOCH/STEP, \
-BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN."
+BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN, BATON_FAMILY (marks the command's processes for cleanup)."
 )]
 pub struct Args {
     #[command(flatten)]

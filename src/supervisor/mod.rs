@@ -21,6 +21,7 @@ use crate::identity::RunId;
 use crate::process::{self, Exit};
 use crate::store::{KnownChunks, Store};
 use crate::upload;
+use crate::watcher;
 
 mod commits;
 mod deadlines;
@@ -93,7 +94,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
 
     let mut events = Events::new(signals, commits, uploads);
     let exit = sv.supervise(&mut events).await;
-    process::kill_everything(Some(sv.child));
+    sv.kill_family();
     socket.close();
     let exit = match exit {
         Ok(exit) => exit,
@@ -169,6 +170,10 @@ struct Supervisor {
     restarts: restarts::Restarts,
     /// An in-place restart waiting out its pause: when, and the code the command exited with.
     pending_restart: Option<(std::time::Instant, i32)>,
+    /// The value of `BATON_FAMILY` that marks every process of the command's family.
+    family: String,
+    /// Kills the family if baton is SIGKILLed; started with the first launch.
+    watcher: Option<process::Watcher>,
 }
 
 impl Supervisor {
@@ -199,14 +204,54 @@ impl Supervisor {
             launched_at: std::time::Instant::now(),
             restarts: restarts::Restarts::default(),
             pending_restart: None,
+            family: String::new(),
+            watcher: None,
         }
     }
 
     fn launch(&mut self) -> Result<(), process::SpawnError> {
-        let env = env::for_trainer(&self.attempt, &self.cfg.dir, &self.socket, self.started_from.as_ref());
+        self.start_watcher();
+        let mut env = env::for_trainer(&self.attempt, &self.cfg.dir, &self.socket, self.started_from.as_ref());
+        if !self.family.is_empty() {
+            env.set.push((watcher::FAMILY_ENV.into(), self.family.clone()));
+        }
         self.child = process::spawn(&self.cfg.command, &env.set, &env.unset)?;
+        if let Some(w) = &self.watcher {
+            w.watch_group(Some(self.child));
+        }
         self.launched_at = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Before the command first starts (tried again at an in-place restart if it failed).
+    /// Without a watcher the command still runs, with the guarantees of a baton that is
+    /// alive to kill its family.
+    fn start_watcher(&mut self) {
+        if self.watcher.is_some() {
+            return;
+        }
+        let token = watcher::new_token();
+        match process::Watcher::start(&token) {
+            Ok(w) => {
+                tracing::debug!("watcher {} started for family {token}", w.pid);
+                let inherited = std::env::var(watcher::FAMILY_ENV).ok();
+                self.family = watcher::family_value(inherited.as_deref(), &token);
+                self.watcher = Some(w);
+            }
+            Err(e) => tracing::warn!(
+                "cannot start the watcher ({e}): if baton is killed with SIGKILL, processes the command started may outlive it"
+            ),
+        }
+    }
+
+    /// SIGKILL the command's group and every remaining child, and reap them; the watcher
+    /// then has no group to kill (its number may be reused while baton flushes).
+    fn kill_family(&mut self) -> Option<Exit> {
+        let exit = process::kill_everything(Some(self.child));
+        if let Some(w) = &self.watcher {
+            w.watch_group(None);
+        }
+        exit
     }
 
     async fn evicted_before_start(&mut self, sig: i32) -> i32 {

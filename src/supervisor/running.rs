@@ -81,7 +81,7 @@ impl Supervisor {
 
     fn kill_overdue_trainer(&mut self) -> Option<Exit> {
         tracing::warn!("eviction: the command did not exit within its share of the vacate window; killing its process group");
-        let exit = process::kill_everything(Some(self.child));
+        let exit = self.kill_family();
         if let Phase::Draining { killed, .. } = &mut self.phase {
             *killed = true;
         }
@@ -119,7 +119,7 @@ impl Supervisor {
             Ok(seq) => self.started_from = Some(StartedFrom { seq, epoch: None, step: None, device: self.cfg.device.clone() }),
             Err(e) => tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {code}: {e}"),
         }
-        process::kill_everything(Some(self.child));
+        self.kill_family();
         match self.restarts.after_exit(self.launched_at.elapsed()) {
             Next::GiveUp { restarts } => Err(Failure::new(
                 ErrorKind::NoProgress,
