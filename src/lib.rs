@@ -17,6 +17,7 @@ pub mod identity;
 pub mod manifest;
 pub mod pelican;
 pub mod process;
+pub mod procfs;
 pub mod prune;
 pub mod restore;
 pub mod signals;

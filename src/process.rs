@@ -4,6 +4,7 @@
 //! and exit statuses reported the way a shell does. A watcher process (see
 //! [`crate::watcher`]) outlives baton to kill the family when baton itself is SIGKILLed.
 
+use crate::procfs;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -199,31 +200,16 @@ pub fn forward_targets(table: &[ProcEntry], pgid: i32, own_exe: Option<(u64, u64
     table.iter().filter(|p| p.pgid == pgid && (own_exe.is_none() || p.exe != own_exe)).map(|p| p.pid).collect()
 }
 
-fn exe_id(path: &str) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 /// Every process's pid, process group and program, from /proc.
 fn proc_table() -> Vec<ProcEntry> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // After the parenthesised name: state, ppid, pgrp.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let Some(pgid) = rest.split_whitespace().nth(2).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        out.push(ProcEntry { pid, pgid, exe: exe_id(&format!("/proc/{pid}/exe")) });
-    }
-    out
+    procfs::processes().into_iter().map(|p| ProcEntry { pid: p.pid, pgid: p.pgid, exe: procfs::exe_id(&p.pid.to_string()) }).collect()
 }
 
 /// Forward an eviction signal to the command's process group, sparing baton's own
 /// `baton commit` processes (see [`forward_targets`]). Falls back to the whole group
 /// when /proc cannot be read.
 pub fn forward_to_group(pgid: Pid, sig: Signal) {
-    let own = exe_id("/proc/self/exe");
+    let own = procfs::exe_id("self");
     let table = proc_table();
     if table.is_empty() || own.is_none() {
         signal_group(pgid, sig);
@@ -258,18 +244,7 @@ pub fn reap(main: Option<Pid>) -> Option<Exit> {
 
 /// (pid, parent pid) of every process right now, from /proc.
 fn parent_map() -> Vec<(i32, i32)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The command name is in parentheses and may contain spaces: parse after it.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
-            out.push((pid, ppid));
-        }
-    }
-    out
+    procfs::processes().into_iter().map(|p| (p.pid, p.ppid)).collect()
 }
 
 /// Every descendant of `root` right now (children, grandchildren ...).
@@ -364,7 +339,7 @@ mod tests {
         let table = proc_table();
         let entry = table.iter().find(|p| p.pid == me).expect("this process is in /proc");
         assert_eq!(entry.pgid, nix::unistd::getpgrp().as_raw());
-        assert_eq!(entry.exe, exe_id("/proc/self/exe"));
+        assert_eq!(entry.exe, procfs::exe_id("self"));
     }
 
     #[test]

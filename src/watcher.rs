@@ -17,6 +17,8 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::BufRead;
+
+use crate::procfs;
 use std::time::Duration;
 
 /// The hidden first argument that makes `baton` the watcher.
@@ -68,29 +70,13 @@ pub fn targets(table: &[Seen], group: i32, me: i32) -> Vec<i32> {
 
 /// Live (not zombie) processes of this user, with their group and mark.
 fn scan(token: &str) -> Vec<Seen> {
-    use std::os::unix::fs::MetadataExt;
     let uid = nix::unistd::geteuid().as_raw();
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+    procfs::processes()
+        .into_iter()
         // Another user's processes are neither ours to read nor to kill.
-        if std::fs::metadata(entry.path()).ok().map(|m| m.uid()) != Some(uid) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // After the parenthesised name: state, ppid, pgrp.
-        let mut fields = stat.rfind(')').map(|i| stat[i + 1..].split_whitespace()).into_iter().flatten();
-        let state = fields.next();
-        let Some(pgid) = fields.nth(1).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        // A zombie is dead already; it waits only for its parent to reap it.
-        if state == Some("Z") || state == Some("X") {
-            continue;
-        }
-        let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| marked(&e, token));
-        out.push(Seen { pid, pgid, marked });
-    }
-    out
+        .filter(|p| !p.is_zombie() && procfs::uid(p.pid) == Some(uid))
+        .map(|p| Seen { pid: p.pid, pgid: p.pgid, marked: procfs::environ(p.pid).is_some_and(|e| marked(&e, token)) })
+        .collect()
 }
 
 /// Kill the group and every marked process until none is left; how many were killed.
