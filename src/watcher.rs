@@ -4,7 +4,7 @@
 //! baton's own protections (the command's parent-death signal, SIGKILL to its group and
 //! to every child re-parented to baton, the subreaper) all need baton alive, or reach only
 //! the direct child. So `baton run` starts its own program again as `baton __watch TOKEN`
-//! before the command (see [`crate::process::Watcher`]). Every process of the command's
+//! before the command (`Watcher` in process.rs). Every process of the command's
 //! family carries the token in its environment ([`FAMILY_ENV`], inherited by `setsid` and
 //! double-forked helpers too; HTCondor's starter tracks job processes by an inherited
 //! environment marker the same way). The watcher blocks reading a pipe whose only write
