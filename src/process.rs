@@ -200,9 +200,13 @@ pub fn forward_targets(table: &[ProcEntry], pgid: i32, own_exe: Option<(u64, u64
     table.iter().filter(|p| p.pgid == pgid && (own_exe.is_none() || p.exe != own_exe)).map(|p| p.pid).collect()
 }
 
-/// Every process's pid, process group and program, from /proc.
-fn proc_table() -> Vec<ProcEntry> {
-    procfs::processes().into_iter().map(|p| ProcEntry { pid: p.pid, pgid: p.pgid, exe: procfs::exe_id(&p.pid.to_string()) }).collect()
+/// The members of process group `pgid`, with their programs, from /proc.
+fn group_members(pgid: i32) -> Vec<ProcEntry> {
+    procfs::processes()
+        .into_iter()
+        .filter(|p| p.pgid == pgid)
+        .map(|p| ProcEntry { pid: p.pid, pgid: p.pgid, exe: procfs::exe_id(&p.pid.to_string()) })
+        .collect()
 }
 
 /// Forward an eviction signal to the command's process group, sparing baton's own
@@ -210,7 +214,7 @@ fn proc_table() -> Vec<ProcEntry> {
 /// when /proc cannot be read.
 pub fn forward_to_group(pgid: Pid, sig: Signal) {
     let own = procfs::exe_id("self");
-    let table = proc_table();
+    let table = group_members(pgid.as_raw());
     if table.is_empty() || own.is_none() {
         signal_group(pgid, sig);
         return;
@@ -334,9 +338,9 @@ mod tests {
     }
 
     #[test]
-    fn the_proc_table_sees_this_process_and_its_program() {
+    fn the_group_table_sees_this_process_and_its_program() {
         let me = std::process::id() as i32;
-        let table = proc_table();
+        let table = group_members(nix::unistd::getpgrp().as_raw());
         let entry = table.iter().find(|p| p.pid == me).expect("this process is in /proc");
         assert_eq!(entry.pgid, nix::unistd::getpgrp().as_raw());
         assert_eq!(entry.exe, procfs::exe_id("self"));
