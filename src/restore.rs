@@ -105,6 +105,9 @@ async fn read_file<W: Write + Send + 'static>(
         let data = match chunk {
             Ok(d) => d,
             Err(e) => {
+                if e.kind() == ErrorKind::Integrity {
+                    known.mark_damaged(&f.chunks[i].hash);
+                }
                 fetched = Err(e);
                 break;
             }

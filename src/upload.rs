@@ -54,13 +54,22 @@ async fn put_one(store: &Store, known: &KnownChunks, data: Vec<u8>, level: i32) 
     })
     .await?;
     let size = data.len() as u64;
-    if known.contains(&hash) || store.has_chunk(&hash).await?.is_some() {
+    // A chunk this process found damaged is written again over the damaged object, not
+    // reused: reusing it would spread the damage into this checkpoint.
+    let damaged = known.is_damaged(&hash);
+    if !damaged && (known.contains(&hash) || store.has_chunk(&hash).await?.is_some()) {
         known.insert(hash.clone());
         return Ok(ChunkOut { hash, size, new: false, stored: 0 });
     }
     let encoded = tokio::task::spawn_blocking(move || chunking::encode(data, level)).await??;
     let stored = encoded.len() as u64;
-    let outcome = store.put_chunk(&hash, Bytes::from(encoded)).await?;
+    let outcome = match damaged {
+        true => {
+            tracing::warn!("chunk {hash} is damaged in the store; writing it again");
+            store.replace_chunk(&hash, Bytes::from(encoded)).await?
+        }
+        false => store.put_chunk(&hash, Bytes::from(encoded)).await?,
+    };
     known.insert(hash.clone());
     let new = outcome == PutOutcome::Created;
     Ok(ChunkOut { hash, size, new, stored: if new { stored } else { 0 } })

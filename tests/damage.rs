@@ -318,3 +318,36 @@ fn overlong_paths_are_damage_that_verify_reports() {
         restore_refused(store.path(), run, why);
     }
 }
+
+/// Damage must not spread through dedup: a chunk that restore found damaged (and fell
+/// back from) is written again when the trainer commits the same bytes, instead of the
+/// new checkpoint naming the damaged object.
+#[test]
+fn a_chunk_found_damaged_is_written_again_not_reused() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // Checkpoint 1 holds a.bin; checkpoint 2 (final) holds b.bin, 3 MiB of fixed bytes.
+    let bytes =
+        |seed: u64| format!("python3 -c \"import random,sys; r=random.Random({seed}); sys.stdout.buffer.write(r.randbytes(3<<20))\"");
+    let first =
+        format!("cd $BATON_CHECKPOINT_DIR && {} > a.bin && \"$BATON_BIN\" commit --epoch 1 && rm a.bin && {} > b.bin", bytes(1), bytes(2));
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "spread", &[], &[], &["sh", "-c", &first]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let latest = manifest(&store.path().join("runs/spread/checkpoints/0000000002.json"));
+    let hash = latest["files"][0]["chunks"][0]["hash"].as_str().unwrap().to_string();
+    let victim = chunk_path(store.path(), &hash);
+    let mut damaged = std::fs::read(&victim).unwrap();
+    damaged.truncate(damaged.len() / 2);
+    std::fs::write(&victim, damaged).unwrap();
+
+    // A new attempt falls back to checkpoint 1 and writes b.bin's bytes again.
+    let again = format!("cd $BATON_CHECKPOINT_DIR && rm -f a.bin && {} > b.bin", bytes(2));
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "spread", &[], &[], &["sh", "-c", &again]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("SKIPPING DAMAGED CHECKPOINT 2"), "{err}");
+    let out = baton().args(["verify", "--store", s, "spread", "3"]).output().unwrap();
+    assert!(out.status.success(), "the new checkpoint names the damaged chunk:\n{}\n{err}", text(&out.stdout));
+}

@@ -7,8 +7,13 @@
 //! trusted its memory for hours committed manifests naming chunks a prune had deleted
 //! meanwhile. So an entry is trusted for `TRUST` only, well inside the default grace,
 //! and the store is asked again after that.
+//!
+//! It also holds the chunks this process found damaged in the store (restore's
+//! fallback read them and they did not match their hash): an upload of the same bytes
+//! must write them again, not reuse the damaged object, or the damage spreads into every
+//! later checkpoint that holds those bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,7 @@ pub const TRUST: Duration = Duration::from_secs(10 * 60);
 #[derive(Clone)]
 pub struct KnownChunks {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
+    damaged: Arc<Mutex<HashSet<String>>>,
     trust: Duration,
 }
 
@@ -29,7 +35,7 @@ impl Default for KnownChunks {
 
 impl KnownChunks {
     pub fn trusting_for(trust: Duration) -> Self {
-        KnownChunks { seen: Arc::default(), trust }
+        KnownChunks { seen: Arc::default(), damaged: Arc::default(), trust }
     }
 
     /// Seen in the store within the trust window.
@@ -39,9 +45,26 @@ impl KnownChunks {
 
     /// The chunk is in the store now.
     pub fn insert(&self, h: String) {
+        if let Ok(mut d) = self.damaged.lock() {
+            d.remove(&h);
+        }
         if let Ok(mut s) = self.seen.lock() {
             s.insert(h, Instant::now());
         }
+    }
+
+    /// The stored object of this chunk did not hold its bytes.
+    pub fn mark_damaged(&self, h: &str) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.remove(h);
+        }
+        if let Ok(mut d) = self.damaged.lock() {
+            d.insert(h.to_string());
+        }
+    }
+
+    pub fn is_damaged(&self, h: &str) -> bool {
+        self.damaged.lock().map(|d| d.contains(h)).unwrap_or(false)
     }
 }
 
@@ -58,5 +81,15 @@ mod tests {
         assert!(!known.contains("a"), "trusted past its window");
         known.insert("a".into());
         assert!(known.contains("a"));
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_not_known_until_written_again() {
+        let known = KnownChunks::default();
+        known.insert("a".into());
+        known.mark_damaged("a");
+        assert!(!known.contains("a") && known.is_damaged("a"));
+        known.insert("a".into());
+        assert!(known.contains("a") && !known.is_damaged("a"));
     }
 }

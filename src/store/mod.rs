@@ -255,6 +255,13 @@ impl Store {
         self.backend.put(&chunk_key(hash), stored, true).await
     }
 
+    /// Write a chunk over a damaged object of the same name. Backends whose objects are
+    /// write-once (Pelican origins) refuse, and the upload fails loudly rather than name
+    /// the damaged object in a manifest.
+    pub async fn replace_chunk(&self, hash: &str, stored: Bytes) -> Result<PutOutcome> {
+        self.backend.put(&chunk_key(hash), stored, false).await
+    }
+
     pub async fn get_chunk(&self, hash: &str, limit: u64) -> Result<Bytes> {
         self.backend.get(&chunk_key(hash), limit).await
     }
