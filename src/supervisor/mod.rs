@@ -99,7 +99,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let exit = match exit {
         Ok(exit) => exit,
         Err(e) => {
-            sv.end_record(Ending::BatonError, None, None, Some(format!("{e:#}"))).await;
+            sv.end_record(Ending::BatonError, None, None, Some(crate::error::chain(e.as_ref()))).await;
             return Err(e);
         }
     };
