@@ -246,8 +246,8 @@ impl Worker {
         job.source.discard();
         let outcome = match result {
             Ok(m) => Outcome::Durable(Box::new(m)),
-            Err(e) if is_conflict(&e) => Outcome::Conflict(format!("{e:#}")),
-            Err(e) => Outcome::Failed(format!("{e:#}")),
+            Err(e) if is_conflict(&e) => Outcome::Conflict(crate::error::chain(e.as_ref())),
+            Err(e) => Outcome::Failed(crate::error::chain(e.as_ref())),
         };
         let _ = self.done.send(Done { seq: job.info.seq, outcome });
     }
