@@ -33,6 +33,38 @@ pub fn max_stored_size(size: u64) -> u64 {
     size + size / 16 + 4096
 }
 
+/// Whether an object of `stored` bytes in the store can be how a baton stored `data`:
+/// raw, at its own size, or as a zstd frame that saved at least an eighth (data that
+/// begins with the zstd magic number is always framed). An object of another size was
+/// truncated, padded or replaced, and an upload must not reuse it. For data whose
+/// middle does not compress (weights: most chunks), a frame is not what baton would
+/// have written either; another baton at another zstd level might, so such an object
+/// is only suspect, for the caller to read back and check before reusing it.
+pub fn plausible_stored_size(stored: u64, data: &[u8]) -> Plausible {
+    let size = data.len() as u64;
+    if data.starts_with(&ZSTD_MAGIC) {
+        return if stored > 0 && stored <= max_stored_size(size) { Plausible::Yes } else { Plausible::No };
+    }
+    if stored == size {
+        return Plausible::Yes;
+    }
+    if stored == 0 || stored + size / MIN_SAVING_DIVISOR as u64 > size {
+        return Plausible::No;
+    }
+    match sample_pays(data, 1) {
+        Ok(true) => Plausible::Yes,
+        _ => Plausible::Suspect,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plausible {
+    Yes,
+    /// Possible, but not what this baton would have written: read it back to be sure.
+    Suspect,
+    No,
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -201,6 +233,24 @@ mod tests {
         let mut flipped = raw.clone();
         flipped[10] ^= 1;
         assert!(matches!(decode(&hash, flipped.clone(), 10_000), Err(ChunkError::Hash { .. })));
+    }
+
+    #[test]
+    fn only_sizes_baton_could_have_stored_are_plausible() {
+        let weights = float_weights(1 << 18);
+        let zeros = vec![0u8; 1 << 20];
+        for data in [&weights, &zeros] {
+            let stored = encode(data.clone(), 1).unwrap().len() as u64;
+            assert_eq!(plausible_stored_size(stored, data), Plausible::Yes, "what baton writes");
+            assert_eq!(plausible_stored_size(data.len() as u64, data), Plausible::Yes, "raw, as at level 0");
+            assert_eq!(plausible_stored_size(data.len() as u64 + 1, data), Plausible::No, "padded");
+            assert_eq!(plausible_stored_size(data.len() as u64 - 1, data), Plausible::No, "a raw chunk cut short");
+            assert_eq!(plausible_stored_size(0, data), Plausible::No, "emptied");
+        }
+        // Half a raw chunk of weights: only a frame could be that small, and weights do
+        // not compress that well.
+        assert_eq!(plausible_stored_size(weights.len() as u64 / 2, &weights), Plausible::Suspect);
+        assert_eq!(plausible_stored_size(1000, &zeros), Plausible::Yes);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod pelican;
 pub mod process;
 pub mod procfs;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod signals;
 pub mod simulate;

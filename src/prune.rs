@@ -5,10 +5,10 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::error::{ErrorKind, Failure};
+use crate::error::{Classify, ErrorKind, Failure};
 use crate::identity::RunId;
 use crate::restore::load_manifest;
-use crate::store::Store;
+use crate::store::{parse_copy_name, Store};
 
 /// What a prune deletes. Chunks are shared by every run in the store, so a chunk goes
 /// only when no remaining manifest of any run references it and it is older than the
@@ -25,7 +25,9 @@ pub struct PrunePlan {
     pub temporaries: usize,
     pub temporary_bytes: u64,
     #[serde(skip)]
-    doomed_chunks: Vec<String>,
+    doomed_chunks: Vec<(String, u32)>,
+    #[serde(skip)]
+    doomed_markers: Vec<(String, u32)>,
     #[serde(skip)]
     doomed_temporaries: Vec<String>,
 }
@@ -66,14 +68,29 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
         }
     }
     let now = crate::attempt::now() as i64;
+    let mut stored = HashSet::new();
     for o in store.list_chunks().await? {
-        let Some(hash) = o.key.rsplit('/').next() else { continue };
+        // The chunk's own name, or a good copy beside a damaged one (`store::damage`).
+        let Some((hash, copy)) = o.key.rsplit('/').next().and_then(parse_copy_name) else { continue };
+        stored.insert(hash.to_string());
         if !referenced.contains(hash) && now - o.modified >= grace.as_secs() as i64 {
             plan.chunk_bytes += o.size;
-            plan.doomed_chunks.push(hash.to_string());
+            plan.doomed_chunks.push((hash.to_string(), copy));
         }
     }
     plan.chunks = plan.doomed_chunks.len();
+    // A damage marker outlives its use once no copy of its chunk is left to be damaged.
+    let doomed: HashSet<&str> = plan.doomed_chunks.iter().map(|(h, _)| h.as_str()).collect();
+    let markers = match store.damaged_chunks().await {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::Integrity => Default::default(),
+        Err(e) => return Err(e.into()),
+    };
+    for (hash, copy) in markers.iter() {
+        if doomed.contains(hash) || !stored.contains(hash) {
+            plan.doomed_markers.push((hash.to_string(), copy));
+        }
+    }
     // A write in progress touches its temporary file until it publishes it moments later,
     // so one older than the grace period belongs to a write that is dead.
     for o in store.list_leftovers().await? {
@@ -93,8 +110,11 @@ impl PrunePlan {
         for (run, seq) in &self.checkpoints {
             store.delete_manifest(&RunId::parse(run).map_err(anyhow::Error::msg)?, *seq).await?;
         }
-        for h in &self.doomed_chunks {
-            store.delete_chunk(h).await?;
+        for (hash, copy) in &self.doomed_chunks {
+            store.delete_chunk_copy(hash, *copy).await?;
+        }
+        for (hash, copy) in &self.doomed_markers {
+            store.delete_marker(hash, *copy).await?;
         }
         for key in &self.doomed_temporaries {
             store.delete_leftover(key).await?;

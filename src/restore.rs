@@ -56,18 +56,78 @@ pub async fn load_manifest(store: &Store, run: &RunId, seq: u64) -> Result<Manif
     Manifest::from_store(&bytes, run.as_str(), seq).map_err(|e| wrap(e.into()))
 }
 
-/// One chunk, bounded by its size before it is read, decoded and checked against its hash.
+/// One chunk, bounded by its size before it is read, decoded and checked against its
+/// hash. When the object under the chunk's name is damaged, the damage is marked in the
+/// store, so that no upload of any baton reuses it (`store::damage`), and the copies a
+/// write-once store may hold beside it are tried in turn.
 async fn fetch_chunk(store: &Store, seq: u64, path: &str, hash: String, size: u64) -> Result<Vec<u8>, RestoreError> {
-    let err = |detail: String| RestoreError::File { seq, path: path.to_string(), detail };
-    let stored = match store.get_chunk(&hash, chunking::max_stored_size(size)).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == ErrorKind::Integrity => return Err(err(e.to_string())),
-        Err(e) => return Err(RestoreError::Unavailable { seq, source: e }),
+    let unavailable = |source| RestoreError::Unavailable { seq, source };
+    let first = match fetch_copy(store, &hash, 0, size).await {
+        Ok(data) => return Ok(data),
+        Err(Fetch::Unavailable(e)) => return Err(unavailable(e)),
+        Err(Fetch::Damaged { detail, missing }) => {
+            // A chunk that is gone needs no marker: an upload finds it absent and writes it.
+            if !missing {
+                store.report_damaged(&hash, 0, &detail).await;
+            }
+            detail
+        }
     };
+    let copies = match store.chunk_copies(&hash).await {
+        Ok(copies) => copies,
+        Err(e) if e.kind() == ErrorKind::Integrity => Vec::new(),
+        Err(e) => return Err(unavailable(e)),
+    };
+    for copy in copies {
+        match fetch_copy(store, &hash, copy, size).await {
+            Ok(data) => {
+                tracing::debug!("chunk {hash}: read copy {copy}, the object under its name being damaged ({first})");
+                return Ok(data);
+            }
+            Err(Fetch::Unavailable(e)) => return Err(unavailable(e)),
+            Err(Fetch::Damaged { detail, missing: false }) => store.report_damaged(&hash, copy, &detail).await,
+            Err(Fetch::Damaged { missing: true, .. }) => {}
+        }
+    }
+    Err(RestoreError::File { seq, path: path.to_string(), detail: first })
+}
+
+enum Fetch {
+    Damaged { detail: String, missing: bool },
+    Unavailable(StoreError),
+}
+
+async fn fetch_copy(store: &Store, hash: &str, copy: u32, size: u64) -> Result<Vec<u8>, Fetch> {
+    let stored = match store.get_chunk_copy(hash, copy, chunking::max_stored_size(size)).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::Integrity => {
+            return Err(Fetch::Damaged { missing: matches!(e, StoreError::NotFound { .. }), detail: e.to_string() })
+        }
+        Err(e) => return Err(Fetch::Unavailable(e)),
+    };
+    let hash = hash.to_string();
     match tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size)).await {
         Ok(Ok(data)) => Ok(data),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Err(e) => Err(err(format!("decoding failed: {e}"))),
+        Ok(Err(e)) => Err(Fetch::Damaged { detail: e.to_string(), missing: false }),
+        Err(e) => Err(Fetch::Damaged { detail: format!("decoding failed: {e}"), missing: false }),
+    }
+}
+
+/// Chunk `hash` of `size` bytes, read and checked (from a good copy if the store holds one).
+pub async fn read_chunk(store: &Store, hash: &str, size: u64) -> Result<Vec<u8>, RestoreError> {
+    fetch_chunk(store, 0, hash, hash.to_string(), size).await
+}
+
+/// Read chunk `hash` of `size` bytes back and check it, as a restore would: `None` when
+/// it is intact (in some copy), else why not. `Err` only when the store cannot be asked.
+pub async fn check_chunk(store: &Store, hash: &str, size: u64) -> Result<Option<String>, StoreError> {
+    match fetch_chunk(store, 0, "", hash.to_string(), size).await {
+        Ok(_) => Ok(None),
+        Err(RestoreError::Unavailable { source, .. }) => Err(source),
+        Err(e @ RestoreError::File { .. }) | Err(e @ RestoreError::Manifest { .. }) => Ok(Some(match e {
+            RestoreError::File { detail, .. } => detail,
+            other => other.to_string(),
+        })),
     }
 }
 

@@ -247,3 +247,72 @@ async fn a_chunk_pruned_since_the_uploader_saw_it_is_uploaded_again() {
     assert_eq!((back.seq, restored.skipped.len()), (3, 0), "{:?}", restored.skipped);
     assert_eq!(read_tree(&dir), read_tree(&a));
 }
+
+/// Damage spreads through dedup unless every baton hears of it. One process finds a
+/// chunk damaged (here: a restore that falls back); another, which never read it and
+/// knows nothing in memory, then uploads the same bytes. It must write them again, not
+/// reference the damaged object, and the store must end intact.
+async fn damage_seen_by_one_process_is_not_reused_by_another(store: &Store, backend: &MemoryBackend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    checkpoint(&src, 5);
+    let first = commit(store, tmp.path(), &src, 1, &KnownChunks::default()).await;
+    let key = chunk_key(&weights_chunk(&first));
+    let size = backend.head(&key).await.unwrap().unwrap();
+    // Same size, other bytes: no listing or HEAD can tell, only reading it.
+    backend.delete(&key).await.unwrap();
+    backend.put(&key, Bytes::from(noise(99, size as usize)), true).await.unwrap();
+    let restored = restore::restore_latest(store, &run(), &tmp.path().join("work"), 4, &KnownChunks::default()).await.unwrap();
+    assert!(restored.found.is_none() && restored.skipped.len() == 1, "{:?}", restored.skipped);
+
+    let second = commit(store, tmp.path(), &src, 2, &KnownChunks::default()).await;
+    assert!(second.sizes.new_bytes >= size, "the damaged chunk was reused: {:?}", second.sizes);
+    let work = tmp.path().join("work2");
+    let restored = restore::restore_latest(store, &run(), &work, 4, &KnownChunks::default()).await.unwrap();
+    let (back, dir) = restored.found.expect("the new checkpoint restores");
+    assert_eq!((back.seq, restored.skipped.len()), (2, 0), "{:?}", restored.skipped);
+    assert_eq!(read_tree(&dir), read_tree(&src));
+}
+
+#[tokio::test]
+async fn damage_one_process_saw_is_written_again_by_the_next_upload() {
+    let (backend, store) = memory_store();
+    damage_seen_by_one_process_is_not_reused_by_another(&store, &backend).await;
+    // Repaired in place: the first checkpoint reads back too, and no marker is left.
+    let tmp = tempfile::tempdir().unwrap();
+    let m = restore::load_manifest(&store, &run(), 1).await.unwrap();
+    restore::download(&store, &m, tmp.path(), 4, &KnownChunks::default()).await.unwrap();
+    assert!(store.damaged_chunks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_write_once_store_gets_a_good_copy_beside_the_damaged_chunk() {
+    let backend = Arc::new(MemoryBackend::write_once());
+    let store = Store::from_backend(backend.clone(), "memory (write-once)");
+    damage_seen_by_one_process_is_not_reused_by_another(&store, &backend).await;
+    // Checkpoint 1 names the same chunk: its readers find the good copy beside the damaged one.
+    let tmp = tempfile::tempdir().unwrap();
+    let m = restore::load_manifest(&store, &run(), 1).await.unwrap();
+    restore::download(&store, &m, tmp.path(), 4, &KnownChunks::default()).await.unwrap();
+    assert_eq!(store.chunk_copies(&weights_chunk(&m)).await.unwrap(), [1]);
+}
+
+/// A chunk cut short at rest, seen by nobody: the upload's existence check sees a size
+/// no encoding of the bytes has, and writes the chunk again.
+#[tokio::test]
+async fn a_chunk_of_the_wrong_size_is_not_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let src = tmp.path().join("src");
+    checkpoint(&src, 6);
+    let first = commit(&store, tmp.path(), &src, 1, &KnownChunks::default()).await;
+    for (n, cut) in [(2, 1usize), (3, 1 << 19)] {
+        let key = chunk_key(&weights_chunk(&first));
+        let whole = backend.get(&key, 1 << 30).await.unwrap();
+        backend.put(&key, whole.slice(..whole.len() - cut), false).await.unwrap();
+        let m = commit(&store, tmp.path(), &src, n, &KnownChunks::default()).await;
+        assert!(m.sizes.new_bytes > 0, "a chunk {cut} bytes short was reused: {:?}", m.sizes);
+        let dir = tmp.path().join(format!("back-{n}"));
+        restore::download(&store, &m, &dir, 4, &KnownChunks::default()).await.unwrap();
+    }
+}

@@ -14,8 +14,11 @@ use std::time::Instant;
 use crate::attempt::Attempt;
 use crate::capture::Snapshot;
 use crate::chunking;
+use crate::chunking::Plausible;
+use crate::error::{Classify, ErrorKind};
 use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
-use crate::store::{KnownChunks, PutOutcome, Store};
+use crate::restore;
+use crate::store::{Damaged, KnownChunks, PutOutcome, Store};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -47,32 +50,81 @@ struct ChunkOut {
     stored: u64,
 }
 
-async fn put_one(store: &Store, known: &KnownChunks, data: Vec<u8>, level: i32) -> anyhow::Result<ChunkOut> {
+async fn put_one(store: &Store, known: &KnownChunks, marked: &Damaged, data: Vec<u8>, level: i32) -> anyhow::Result<ChunkOut> {
     let (data, hash) = tokio::task::spawn_blocking(move || {
         let hash = chunking::sha256_hex(&data);
         (data, hash)
     })
     .await?;
     let size = data.len() as u64;
-    // A chunk this process found damaged is written again over the damaged object, not
-    // reused: reusing it would spread the damage into this checkpoint.
-    let damaged = known.is_damaged(&hash);
-    if !damaged && (known.contains(&hash) || store.has_chunk(&hash).await?.is_some()) {
-        known.insert(hash.clone());
+    // A chunk some baton found damaged is written again, never reused: reusing it would
+    // spread the damage into this checkpoint and every later one with the same bytes.
+    let mut damaged = known.is_damaged(&hash) || (marked.touches(&hash) && !known.was_repaired(&hash));
+    if !damaged && known.contains(&hash) {
         return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+    }
+    if !damaged {
+        match store.has_chunk(&hash).await {
+            Ok(None) => {}
+            Ok(Some(stored)) => match chunking::plausible_stored_size(stored, &data) {
+                Plausible::Yes => {
+                    known.insert(hash.clone());
+                    return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+                }
+                Plausible::Suspect => match restore::check_chunk(store, &hash, size).await? {
+                    None => {
+                        known.insert(hash.clone());
+                        return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+                    }
+                    Some(_) => damaged = true, // marked by the check
+                },
+                Plausible::No => {
+                    let why = format!("{stored} bytes stored, which no encoding of its {size} bytes takes");
+                    store.report_damaged(&hash, 0, &why).await;
+                    tracing::warn!("chunk {hash} in the store is damaged ({why})");
+                    damaged = true;
+                }
+            },
+            // Something that is not an object holds the name (a directory store's
+            // directory, an unreadable file): the same as damaged bytes.
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                store.report_damaged(&hash, 0, &e.to_string()).await;
+                damaged = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let encoded = tokio::task::spawn_blocking(move || chunking::encode(data, level)).await??;
     let stored = encoded.len() as u64;
-    let outcome = match damaged {
+    let new = match damaged {
         true => {
-            tracing::warn!("chunk {hash} is damaged in the store; writing it again");
-            store.replace_chunk(&hash, Bytes::from(encoded)).await?
+            let mut marked = marked.clone();
+            marked.insert(&hash, 0);
+            let copy = store.write_good_copy(&hash, Bytes::from(encoded), &marked).await?;
+            tracing::warn!(
+                "chunk {hash} is damaged in the store; wrote a good copy{}",
+                if copy > 0 { format!(" beside it (copy {copy})") } else { String::new() }
+            );
+            known.insert_repaired(hash.clone());
+            true
         }
-        false => store.put_chunk(&hash, Bytes::from(encoded)).await?,
+        false => {
+            let created = store.put_chunk(&hash, Bytes::from(encoded)).await? == PutOutcome::Created;
+            known.insert(hash.clone());
+            created
+        }
     };
-    known.insert(hash.clone());
-    let new = outcome == PutOutcome::Created;
     Ok(ChunkOut { hash, size, new, stored: if new { stored } else { 0 } })
+}
+
+/// The damage markers in the store (see `store::damage`), read once per upload. A store
+/// that cannot list them (a write-once store's missing `damaged/` collection) has none.
+async fn markers(store: &Store) -> anyhow::Result<Damaged> {
+    match store.damaged_chunks().await {
+        Ok(d) => Ok(d),
+        Err(e) if e.kind() == ErrorKind::Integrity => Ok(Damaged::default()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 enum Piece {
@@ -135,12 +187,14 @@ pub async fn upload(
     let mut sizes = Sizes { capture_seconds: snap.seconds, ..Default::default() };
     let mut files = Vec::with_capacity(snap.files.len());
     let window = settings.concurrency.max(1);
+    let marked = markers(store).await?;
+    let marked = &marked;
     for f in &snap.files {
         let rx = spawn_reader(snap.dir.join(&f.rel), window);
         let mut pieces = tokio_stream_from(rx)
             .map(|piece| async move {
                 match piece? {
-                    Piece::Chunk(data) => put_one(store, known, data, settings.zstd_level).await.map(Ok),
+                    Piece::Chunk(data) => put_one(store, known, marked, data, settings.zstd_level).await.map(Ok),
                     Piece::End { sha256, size } => Ok(Err((sha256, size))),
                 }
             })

@@ -351,3 +351,111 @@ fn a_chunk_found_damaged_is_written_again_not_reused() {
     let out = baton().args(["verify", "--store", s, "spread", "3"]).output().unwrap();
     assert!(out.status.success(), "the new checkpoint names the damaged chunk:\n{}\n{err}", text(&out.stdout));
 }
+
+/// 3 MiB of fixed random bytes (which do not compress: stored raw) in `$BATON_CHECKPOINT_DIR/b.bin`.
+fn write_blob(seed: u64) -> String {
+    format!(
+        "cd $BATON_CHECKPOINT_DIR && python3 -c \"import random,sys; r=random.Random({seed}); sys.stdout.buffer.write(r.randbytes(3<<20))\" > b.bin"
+    )
+}
+
+/// A finished run whose one checkpoint holds b.bin; returns the first chunk's hash,
+/// after flipping one bit of it in the store (same size: only reading it tells).
+fn run_then_flip(store: &Path, run: &str) -> String {
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), store.to_str().unwrap(), run, &[], &[], &["sh", "-c", &write_blob(7)]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = manifest(&store.join(format!("runs/{run}/checkpoints/0000000001.json")));
+    let hash = m["files"][0]["chunks"][0]["hash"].as_str().unwrap().to_string();
+    let victim = chunk_path(store, &hash);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[1000] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+    hash
+}
+
+/// Damage one process saw (`baton verify`) is never reused by another: a different run
+/// that commits the same bytes later writes the chunk again, which repairs the first run
+/// too (the store overwrites in place), and the marker is gone.
+#[test]
+fn damage_that_verify_found_is_not_reused_by_a_later_run() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let hash = run_then_flip(store.path(), "seen");
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    assert_eq!(out.status.code(), Some(71), "{}", text(&out.stdout));
+    assert!(store.path().join("damaged").join(&hash).is_file(), "verify left no marker for {hash}");
+
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "other", &[], &[], &["sh", "-c", &write_blob(7)]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("chunk {hash} is damaged in the store")), "{err}");
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    assert!(out.status.success(), "damage spread or stayed:\n{}\n{err}", text(&out.stdout));
+    assert!(!store.path().join("damaged").join(&hash).exists(), "the marker outlived the repair");
+}
+
+/// `verify --repair` writes good copies from the checkpoint's own files, or from another
+/// store holding the same chunks, and says what it could not repair.
+#[test]
+fn verify_repair_takes_good_bytes_from_a_directory_or_another_store() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    run_then_flip(store.path(), "fix");
+
+    let out = baton().args(["verify", "--store", s, "--repair"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "--repair without a source: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--from-dir"), "{}", text(&out.stderr));
+
+    // A directory without the bytes: nothing repaired, still damaged.
+    let empty = tempfile::tempdir().unwrap();
+    let out = baton().args(["verify", "--store", s, "--repair", "--from-dir", empty.path().to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(71), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("NOT REPAIRED chunk"), "{}", text(&out.stdout));
+
+    // The trainer's files, somewhere else, under another name: repaired.
+    let files = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("{} && mkdir -p sub && mv b.bin sub/renamed", write_blob(7))])
+        .env("BATON_CHECKPOINT_DIR", files.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = baton().args(["verify", "--store", s, "--repair", "--from-dir", files.path().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("REPAIRED chunk"), "{}", text(&out.stdout));
+    assert!(baton().args(["verify", "--store", s]).status().unwrap().success());
+
+    // From another store: damage again, repair from a second store with the same run.
+    let mirror = tempfile::tempdir().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), mirror.path().to_str().unwrap(), "copy", &[], &[], &["sh", "-c", &write_blob(7)]));
+    assert!(out.status.success());
+    let m = manifest(&store.path().join("runs/fix/checkpoints/0000000001.json"));
+    let victim = chunk_path(store.path(), m["files"][0]["chunks"][1]["hash"].as_str().unwrap());
+    std::fs::write(&victim, b"garbage").unwrap();
+    let out =
+        baton().args(["verify", "--store", s, "--json", "--repair", "--from-store", mirror.path().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["repair"]["repaired"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["damaged"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// A directory where a chunk should be: the next upload of those bytes moves it aside
+/// (never deleting it) and writes the chunk.
+#[test]
+fn a_directory_in_place_of_a_chunk_is_moved_aside_by_the_next_upload() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let hash = run_then_flip(store.path(), "dir");
+    let victim = chunk_path(store.path(), &hash);
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let out = output_of(spawn_run(slot.path(), s, "dir2", &[], &[], &["sh", "-c", &write_blob(7)]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(baton().args(["verify", "--store", s]).status().unwrap().success());
+    assert_eq!(std::fs::read_dir(store.path().join("quarantine")).unwrap().count(), 1);
+}

@@ -81,7 +81,7 @@ impl StoreArg {
 
 /// Store URLs are checked while the command line is parsed (so `--parse-only` catches
 /// a bad one too); the text is kept as written.
-fn check_store_url(s: &str) -> Result<String, String> {
+pub(crate) fn check_store_url(s: &str) -> Result<String, String> {
     StoreUrl::parse(s).map(|_| s.to_string())
 }
 

@@ -7,7 +7,16 @@ use baton::identity::RunId;
 /// Re-download and re-hash every chunk and file of a checkpoint, a run, or the whole store.
 #[derive(clap::Args)]
 #[command(long_about = "Re-download every chunk of the selected checkpoints, check its size and sha256, and \
-re-hash every file. Exits 0 when everything is intact, 71 with a list of what is damaged otherwise.")]
+re-hash every file. Exits 0 when everything is intact, 71 with a list of what is damaged otherwise.
+
+Every damaged chunk found is marked in the store (damaged/<hash>), so that no later upload of any \
+baton reuses it: the next checkpoint holding the same bytes writes them again.
+
+With --repair, good copies of the damaged chunks are written from a directory holding the same \
+bytes (--from-dir: the trainer's checkpoint directory, say) or from another store (--from-store), \
+every candidate checked against its hash first; then the damaged checkpoints are verified again. \
+On a store that overwrites (a directory, S3) the good copy replaces the damaged object; on a \
+write-once Pelican origin it is written beside it, and readers find it there.")]
 pub struct Args {
     #[command(flatten)]
     store: StoreArg,
@@ -19,6 +28,16 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Write good copies of damaged chunks, from --from-dir or --from-store.
+    #[arg(long)]
+    repair: bool,
+    /// With --repair: a directory whose files hold the damaged chunks' bytes (the
+    /// checkpoint directory the trainer wrote, or a restored copy of it).
+    #[arg(long, value_name = "DIR", requires = "repair", conflicts_with = "from_store")]
+    from_dir: Option<std::path::PathBuf>,
+    /// With --repair: another store holding the same chunks (any store URL).
+    #[arg(long, value_name = "URL", requires = "repair", value_parser = super::check_store_url)]
+    from_store: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
@@ -40,9 +59,29 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             baton::verify::checkpoint(&store, run, seq, 8, &mut report).await?;
         }
     }
+    let repair = match (a.repair, report.damaged.is_empty()) {
+        (false, _) | (true, true) => None,
+        (true, false) => Some(repair(&store, &a, &mut report, &runs).await?),
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(r) = &repair {
+            v["repair"] = serde_json::to_value(r)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if let Some(r) = &repair {
+            for h in &r.repaired {
+                println!("REPAIRED chunk {h}");
+            }
+            for h in &r.not_found {
+                println!("NOT REPAIRED chunk {h}: no intact copy of its bytes in the source");
+            }
+            for (h, why) in &r.failed {
+                println!("NOT REPAIRED chunk {h}: {why}");
+            }
+            println!("{} damaged chunk(s): {} repaired", r.damaged_chunks, r.repaired.len());
+        }
         for d in &report.damaged {
             match &d.file {
                 Some(f) => println!("DAMAGED  run {} checkpoint {} file {}: {}", d.run, d.seq, f, d.problem),
@@ -59,4 +98,43 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         );
     }
     Ok(if report.damaged.is_empty() { 0 } else { ExitCode::Damaged as i32 })
+}
+
+/// Repair what `report` found, then verify the damaged checkpoints again: `report` ends
+/// as the second verification's.
+async fn repair(
+    store: &baton::store::Store,
+    a: &Args,
+    report: &mut baton::verify::Report,
+    runs: &[RunId],
+) -> anyhow::Result<baton::repair::Repair> {
+    let source = match (&a.from_dir, &a.from_store) {
+        (Some(dir), _) => baton::repair::Source::Dir(dir.clone()),
+        (None, Some(url)) => {
+            let options = baton::store::Options { token_file: a.store.token_file()? };
+            baton::repair::Source::Store(baton::store::Store::open_with(
+                &baton::store::StoreUrl::parse(url).map_err(baton::error::usage)?,
+                &options,
+            )?)
+        }
+        (None, None) => return Err(Failure::new(
+            ErrorKind::Usage,
+            "--repair needs the good bytes from somewhere: --from-dir DIR (a directory with the checkpoint's files) or --from-store URL",
+        )
+        .into()),
+    };
+    let wanted = baton::repair::damaged_chunks(store, report).await?;
+    let done = baton::repair::repair(store, &wanted, &source, 1).await?;
+    let again: Vec<(String, u64)> = report.damaged.iter().map(|d| (d.run.clone(), d.seq)).collect();
+    let mut fresh = baton::verify::Report::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (run, seq) in again {
+        if seen.insert((run.clone(), seq)) {
+            let run =
+                runs.iter().find(|r| r.as_str() == run).cloned().map_or_else(|| RunId::parse(&run).map_err(anyhow::Error::msg), Ok)?;
+            baton::verify::checkpoint(store, &run, seq, 8, &mut fresh).await?;
+        }
+    }
+    report.damaged = fresh.damaged;
+    Ok(done)
 }

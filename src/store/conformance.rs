@@ -149,6 +149,12 @@ pub async fn create_only_keeps_the_first(b: &Arc<dyn Backend>, _: Capabilities) 
 pub async fn overwrite(b: &Arc<dyn Backend>, caps: Capabilities) -> anyhow::Result<()> {
     let key = "conformance/overwrite/object";
     let (first, second) = (content(20, 400), content(21, 700));
+    ensure!(
+        b.overwrites() == caps.overwrite,
+        "the backend says overwrites() = {}, but it is tested as a backend that {} (damaged chunks would be repaired the wrong way)",
+        b.overwrites(),
+        if caps.overwrite { "overwrites" } else { "is write-once" }
+    );
     ensure!(b.put(key, first.clone(), true).await? == PutOutcome::Created, "first put of {key} was not Created");
     let result = b.put(key, second.clone(), false).await;
     if caps.overwrite {

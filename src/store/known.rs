@@ -24,6 +24,9 @@ pub const TRUST: Duration = Duration::from_secs(10 * 60);
 pub struct KnownChunks {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     damaged: Arc<Mutex<HashSet<String>>>,
+    /// Chunks this process wrote a good copy of, over or beside a damaged one: the
+    /// store's markers for them are answered (see `store::damage`).
+    repaired: Arc<Mutex<HashSet<String>>>,
     trust: Duration,
 }
 
@@ -35,7 +38,7 @@ impl Default for KnownChunks {
 
 impl KnownChunks {
     pub fn trusting_for(trust: Duration) -> Self {
-        KnownChunks { seen: Arc::default(), damaged: Arc::default(), trust }
+        KnownChunks { seen: Arc::default(), damaged: Arc::default(), repaired: Arc::default(), trust }
     }
 
     /// Seen in the store within the trust window.
@@ -61,6 +64,18 @@ impl KnownChunks {
         if let Ok(mut d) = self.damaged.lock() {
             d.insert(h.to_string());
         }
+    }
+
+    /// This process wrote a good copy of a damaged chunk.
+    pub fn insert_repaired(&self, h: String) {
+        if let Ok(mut r) = self.repaired.lock() {
+            r.insert(h.clone());
+        }
+        self.insert(h);
+    }
+
+    pub fn was_repaired(&self, h: &str) -> bool {
+        self.repaired.lock().map(|r| r.contains(h)).unwrap_or(false)
     }
 
     pub fn is_damaged(&self, h: &str) -> bool {

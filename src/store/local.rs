@@ -52,6 +52,9 @@ fn put_sync(root: &Path, key: &str, data: &[u8], create_only: bool) -> Result<Pu
     if create_only && path.exists() {
         return Ok(PutOutcome::AlreadyExists);
     }
+    if !create_only {
+        quarantine_directory(root, key, &path)?;
+    }
     let tmp = dir.join(temporary_name());
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -75,6 +78,22 @@ fn put_sync(root: &Path, key: &str, data: &[u8], create_only: bool) -> Result<Pu
         let _ = d.sync_all();
     }
     Ok(outcome)
+}
+
+/// A directory at an object's name blocks a write that replaces the object (a damaged
+/// chunk written again). It is not baton's to delete, so it is moved out of the way, to
+/// `quarantine/`, which nothing in baton reads, for a person to look at.
+fn quarantine_directory(root: &Path, key: &str, path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let aside = root.join("quarantine").join(format!("{}{}", key.replace('/', "_"), temporary_name()));
+            std::fs::create_dir_all(root.join("quarantine")).map_err(io("put", key))?;
+            std::fs::rename(path, &aside).map_err(io("put", key))?;
+            tracing::warn!("{key}: a directory was there, not an object; moved it to {} to write the object again", aside.display());
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What an I/O error on one object's name means. A directory has no server to be down:
@@ -349,6 +368,20 @@ mod tests {
         // head must not call it present: the chunk would be taken as uploaded.
         let e = head_sync(root.path(), key).unwrap_err();
         assert_eq!(e.kind(), Kind::Integrity, "{e}");
+    }
+
+    #[test]
+    fn a_directory_at_an_objects_name_is_moved_aside_by_a_replacing_write() {
+        let key = "chunks/ab/abcd";
+        let (root, path) = store_with(key);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), b"someone's").unwrap();
+        assert_eq!(put_sync(root.path(), key, b"good", false).unwrap(), PutOutcome::Created);
+        assert_eq!(std::fs::read(&path).unwrap(), b"good");
+        let aside: Vec<_> = std::fs::read_dir(root.path().join("quarantine")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read(aside[0].join("inside")).unwrap(), b"someone's", "nothing of it deleted");
+        assert!(list_sync(root.path(), "chunks/").unwrap().iter().all(|o| o.key == key));
     }
 
     #[test]

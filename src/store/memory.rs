@@ -14,11 +14,18 @@ use super::{Backend, ObjectInfo, PutOutcome, Result, StoreError};
 pub struct MemoryBackend {
     /// Key -> (bytes, modified as seconds since the epoch).
     objects: Mutex<BTreeMap<String, (Bytes, i64)>>,
+    /// Refuse overwrites, as a Pelican origin does.
+    write_once: bool,
 }
 
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose objects are write-once, like a Pelican origin's.
+    pub fn write_once() -> Self {
+        MemoryBackend { write_once: true, ..Self::default() }
     }
 
     fn objects(&self) -> MutexGuard<'_, BTreeMap<String, (Bytes, i64)>> {
@@ -45,6 +52,9 @@ impl Backend for MemoryBackend {
         if create_only && objects.contains_key(key) {
             return Ok(PutOutcome::AlreadyExists);
         }
+        if self.write_once && objects.contains_key(key) {
+            return Err(StoreError::Backend { op: "put", key: key.to_string(), detail: "objects are write-once here".into() });
+        }
         objects.insert(key.to_string(), (data, now()));
         Ok(PutOutcome::Created)
     }
@@ -57,6 +67,10 @@ impl Backend for MemoryBackend {
             }
             Some((data, _)) => Ok(data.clone()),
         }
+    }
+
+    fn overwrites(&self) -> bool {
+        !self.write_once
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
@@ -93,6 +107,7 @@ mod tests {
     #[tokio::test]
     async fn meets_the_backend_contract() {
         conformance::all(Arc::new(MemoryBackend::new()), Capabilities::FULL).await.unwrap();
+        conformance::all(Arc::new(MemoryBackend::write_once()), Capabilities::WRITE_ONCE).await.unwrap();
     }
 
     #[tokio::test]

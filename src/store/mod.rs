@@ -4,6 +4,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+mod damage;
 mod known;
 mod local;
 mod memory;
@@ -11,6 +12,7 @@ mod pelican;
 mod s3;
 mod url;
 
+pub use self::damage::{parse_copy_name, Damaged, MAX_COPIES};
 pub use self::known::KnownChunks;
 pub use self::memory::MemoryBackend;
 pub use self::pelican::PelicanBackend;
@@ -121,6 +123,12 @@ pub trait Backend: Send + Sync + std::fmt::Display {
         Ok(names)
     }
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Whether a put that is not create-only replaces the object there. A write-once
+    /// store (a Pelican origin) refuses, and damaged chunks get their good copy beside
+    /// the damaged one instead (`damage.rs`).
+    fn overwrites(&self) -> bool {
+        true
+    }
     /// Temporary files that writes which never finished left behind (a directory store's,
     /// when an upload is killed between writing an object and publishing it), which no
     /// listing shows and nothing else removes; `prune` deletes those older than its grace

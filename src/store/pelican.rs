@@ -121,6 +121,10 @@ impl Backend for PelicanBackend {
             .collect())
     }
 
+    fn overwrites(&self) -> bool {
+        false
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         self.client.delete(&self.path(key)).await.map_err(|e| self.map_err("delete", key, e))
     }
