@@ -627,3 +627,37 @@ fn run_ids_from_job_ads_survive_url_escaping_and_director_answers_are_reused() {
     let data = log.iter().filter(|e| e["server"] != "federation").count();
     assert!(director <= 8 && data > 10, "{director} director requests for {data} data requests:\n{}", fed.log());
 }
+
+/// Pelican origins refuse overwrites, so a damaged chunk cannot be repaired in place. A
+/// reader marks it; the next upload of the same bytes writes a good copy beside it
+/// (`<hash>.1`); readers of old and new checkpoints find the copy.
+#[test]
+fn a_damaged_chunk_gets_a_good_copy_beside_it_on_a_write_once_origin() {
+    let fed = Federation::start();
+    let (env, _) = rw_env(&fed);
+    let store = fed.store_url("ckpt/dmg");
+    const FIXED: &str =
+        r#"python3 -c "import random,sys; sys.stdout.buffer.write(random.Random(3).randbytes(200000))" > "$BATON_CHECKPOINT_DIR/a""#;
+    let run = |id: &str| {
+        let slot = tempfile::tempdir().unwrap();
+        let out = output_of(spawn_run(slot.path(), &store, id, &env, &[], &["sh", "-c", FIXED]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    run("first");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fed.object_path("/test/ckpt/dmg/runs/first/checkpoints/0000000001.json")).unwrap()).unwrap();
+    let hash = manifest["files"][0]["chunks"][0]["hash"].as_str().unwrap().to_string();
+    let victim = fed.object_path(&format!("/test/ckpt/dmg/chunks/{}/{hash}", &hash[..2]));
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+
+    let out = baton_with(&env).args(["verify", "--store", &store]).output().unwrap();
+    assert_eq!(out.status.code(), Some(71), "{}{}", text(&out.stdout), text(&out.stderr));
+    let err = run("second");
+    assert!(err.contains("beside it (copy 1)"), "{err}");
+    assert!(fed.object_path(&format!("/test/ckpt/dmg/chunks/{}/{hash}.1", &hash[..2])).is_file());
+    verify_ok(&store, "first", &env);
+    verify_ok(&store, "second", &env);
+}
