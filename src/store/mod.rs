@@ -310,18 +310,23 @@ impl Store {
                 // at the name): only the first is a conflict. The second is damage, which
                 // costs this checkpoint but not the attempt; the next attempt lists the
                 // name and numbers past it.
-                return Err(match self.backend.get(&key, MAX_MANIFEST_BYTES).await {
-                    Err(e) if e.kind() == ErrorKind::Integrity => StoreError::Damaged {
+                return match self.backend.get(&key, MAX_MANIFEST_BYTES).await {
+                    // Our own write, whose answer was lost (a reset after the server
+                    // stored it) and whose retry found it: the `writer` field makes every
+                    // attempt's manifest differ, so the same bytes are this attempt's.
+                    Ok(there) if there == body => Ok(()),
+                    Err(e) if e.kind() == ErrorKind::Integrity => Err(StoreError::Damaged {
                         key,
                         detail: format!(
                             "checkpoint number {seq} is taken by something that is not a manifest ({e}); this checkpoint is not committed, and the run's next attempt numbers its checkpoints past it"
                         ),
-                    },
-                    _ => StoreError::Conflict {
+                    }),
+                    Err(e) => Err(e),
+                    Ok(_) => Err(StoreError::Conflict {
                         key,
                         detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
-                    },
-                });
+                    }),
+                };
             }
             PutOutcome::Created => {}
         }
