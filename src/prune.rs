@@ -24,6 +24,9 @@ pub struct PrunePlan {
     /// than the grace period: nothing else ever removes them.
     pub temporaries: usize,
     pub temporary_bytes: u64,
+    /// Unreferenced chunks kept because the store does not say how old they are (a
+    /// Pelican origin whose listing has no Last-Modified): age unknown is never old enough.
+    pub unknown_age: usize,
     #[serde(skip)]
     doomed_chunks: Vec<(String, u32)>,
     #[serde(skip)]
@@ -73,12 +76,25 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
         // The chunk's own name, or a good copy beside a damaged one (`store::damage`).
         let Some((hash, copy)) = o.key.rsplit('/').next().and_then(parse_copy_name) else { continue };
         stored.insert(hash.to_string());
-        if !referenced.contains(hash) && now - o.modified >= grace.as_secs() as i64 {
+        if referenced.contains(hash) {
+            continue;
+        }
+        if o.modified <= 0 {
+            plan.unknown_age += 1;
+            continue;
+        }
+        if now - o.modified >= grace.as_secs() as i64 {
             plan.chunk_bytes += o.size;
             plan.doomed_chunks.push((hash.to_string(), copy));
         }
     }
     plan.chunks = plan.doomed_chunks.len();
+    if plan.unknown_age > 0 {
+        tracing::warn!(
+            "{} unreferenced chunk(s) kept: the store does not say when they were written (no Last-Modified in its listing), so prune cannot tell them from chunks a running upload is about to reference",
+            plan.unknown_age
+        );
+    }
     // A damage marker outlives its use once no copy of its chunk is left to be damaged.
     let doomed: HashSet<&str> = plan.doomed_chunks.iter().map(|(h, _)| h.as_str()).collect();
     let markers = match store.damaged_chunks().await {
@@ -94,7 +110,7 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
     // A write in progress touches its temporary file until it publishes it moments later,
     // so one older than the grace period belongs to a write that is dead.
     for o in store.list_leftovers().await? {
-        if now - o.modified >= grace.as_secs() as i64 {
+        if o.modified > 0 && now - o.modified >= grace.as_secs() as i64 {
             plan.temporary_bytes += o.size;
             plan.doomed_temporaries.push(o.key);
         }
@@ -120,5 +136,52 @@ impl PrunePlan {
             store.delete_leftover(key).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Backend, MemoryBackend, ObjectInfo, PutOutcome};
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    /// A store whose listings carry no modification time, as a Pelican origin without
+    /// Last-Modified in its PROPFIND answers.
+    struct NoTimes(MemoryBackend);
+
+    impl std::fmt::Display for NoTimes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("no-times")
+        }
+    }
+
+    #[async_trait]
+    impl Backend for NoTimes {
+        async fn put(&self, key: &str, data: Bytes, create_only: bool) -> crate::store::Result<PutOutcome> {
+            self.0.put(key, data, create_only).await
+        }
+        async fn get(&self, key: &str, limit: u64) -> crate::store::Result<Bytes> {
+            self.0.get(key, limit).await
+        }
+        async fn head(&self, key: &str) -> crate::store::Result<Option<u64>> {
+            self.0.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> crate::store::Result<Vec<ObjectInfo>> {
+            Ok(self.0.list(prefix).await?.into_iter().map(|o| ObjectInfo { modified: 0, ..o }).collect())
+        }
+        async fn delete(&self, key: &str) -> crate::store::Result<()> {
+            self.0.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_of_unknown_age_is_never_old_enough() {
+        let store = Store::from_backend(Arc::new(NoTimes(MemoryBackend::new())), "no-times");
+        let hash = crate::chunking::sha256_hex(b"x");
+        store.put_chunk(&hash, Bytes::from_static(b"x")).await.unwrap();
+        let plan = plan(&store, None, 1, Duration::from_secs(3600)).await.unwrap();
+        assert_eq!((plan.chunks, plan.unknown_age), (0, 1), "an unreferenced chunk of unknown age was doomed");
     }
 }

@@ -52,6 +52,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         if plan.temporaries > 0 {
             println!("{verb} {} temporary file(s) of unfinished uploads, {:.1} MB", plan.temporaries, plan.temporary_bytes as f64 / 1e6);
         }
+        if plan.unknown_age > 0 {
+            println!("kept {} unreferenced chunk(s) whose age the store does not give (no Last-Modified)", plan.unknown_age);
+        }
     }
     Ok(0)
 }

@@ -87,7 +87,7 @@ pub enum PutOutcome {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
-    /// Seconds since the epoch.
+    /// Seconds since the epoch; 0 when the store does not say (prune then keeps the object).
     pub modified: i64,
 }
 
