@@ -616,6 +616,8 @@ fn r2_storage_faults_lose_and_corrupt_nothing() {
                         final_lost += 1;
                     } else {
                         assert_eq!(error_lines(&err).len(), 1, "not one clear error\n{err}");
+                        let line = error_lines(&err)[0];
+                        eprintln!("TORTURE R2 attempt error (exit 70): {}", &line[..line.len().min(300)]);
                     }
                 }
             }
