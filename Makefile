@@ -1,11 +1,12 @@
-# baton: `make demo` runs the main job, `make test` runs every test.
+# baton: `make demo` runs the main job, `make test` runs every test, `make torture` the long
+# torture suite (docs/reliability.md).
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit bench dist clean venv tools
+.PHONY: all build demo test unit torture bench dist clean venv tools
 
 all: build
 
@@ -38,12 +39,27 @@ test: venv tools
 unit:
 	cargo test --lib --bins
 
+# The torture suite, long (docs/reliability.md): 10x the seeded trials of `make test`'s
+# short run, R8's 50 runs evicted for 10 minutes, the stalled-store check; then R4's
+# fuzzing when a `fuzz` target exists. Counts: torture-out/results.txt, log: torture-out/log.txt.
+# Replay: BATON_TORTURE_SEED=<base seed printed> make torture.
+TORTURE_OUT := torture-out
+torture: venv
+	@mkdir -p $(TORTURE_OUT) && rm -f $(TORTURE_OUT)/results.txt
+	BATON_TEST_MOTO=$(abspath $(VENV))/bin/moto_server BATON_TORTURE_LONG=1 \
+	BATON_TORTURE_TRIALS=$${BATON_TORTURE_TRIALS:-10} \
+	BATON_TORTURE_R8_RUNS=$${BATON_TORTURE_R8_RUNS:-50} BATON_TORTURE_R8_SECONDS=$${BATON_TORTURE_R8_SECONDS:-600} \
+	BATON_TORTURE_RESULTS=$(abspath $(TORTURE_OUT))/results.txt \
+	cargo test --test tests -- --test-threads 2 --nocapture torture 2>&1 | tee $(TORTURE_OUT)/log.txt; \
+	status=$${PIPESTATUS[0]}; echo; cat $(TORTURE_OUT)/results.txt 2>/dev/null; exit $$status
+	@if $(MAKE) -n fuzz >/dev/null 2>&1; then $(MAKE) fuzz; else echo "no fuzz target: R4 skipped"; fi
+
 bench: build venv
 	bash bench/run.sh
 	bash bench/goodput.sh
 
 clean:
-	rm -rf target $(VENV) $(DEMO) bench-out
+	rm -rf target $(VENV) $(DEMO) bench-out $(TORTURE_OUT)
 
 # A portable baton for old execute points (x86_64, glibc >= 2.17: EL7 and later, needing
 # only glibc): target/dist/baton. Installs zig and cargo-zigbuild under target/dist-venv,

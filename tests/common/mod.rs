@@ -3,6 +3,7 @@
 //! tests that need one.
 
 pub mod chirp;
+pub mod fault_proxy;
 pub mod pelican;
 
 use std::io::{Read, Write};
@@ -82,6 +83,14 @@ pub fn text(b: &[u8]) -> String {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator for a seed chosen by the caller (a torture trial's own seed).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    /// An index in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform(0.0, n as f64) as usize).min(n.saturating_sub(1))
+    }
     pub fn from_time() -> Rng {
         let seed = std::env::var("BATON_TEST_SEED")
             .ok()
