@@ -141,7 +141,7 @@ or a shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)"
                     .iter()
                     .any(|m| lower.contains(m))
                 {
-                    StoreError::Unreachable { store: self.store_name(), detail: root_cause(&other) }
+                    StoreError::Unreachable { store: self.store_name(), detail: format!("{op} {key}: {}", root_cause(&other)) }
                 } else {
                     StoreError::Backend { op, key: key.to_string(), detail: text }
                 }
@@ -254,12 +254,36 @@ impl std::fmt::Display for S3Backend {
 
 #[async_trait]
 impl Backend for S3Backend {
+    /// object_store does not retry a create-only PUT that failed in transit (it is not
+    /// idempotent: the first try may have landed), so baton does, for a short while: one
+    /// connection reset must not cost a checkpoint. A retry that finds the key taken reads
+    /// it back, and the very bytes it sent are its own first try, not another writer.
     async fn put(&self, key: &str, data: Bytes, create_only: bool) -> Result<PutOutcome> {
-        let opts = PutOptions { mode: if create_only { PutMode::Create } else { PutMode::Overwrite }, ..Default::default() };
-        match self.inner.put_opts(&self.path(key), PutPayload::from_bytes(data), opts).await {
-            Ok(_) => Ok(PutOutcome::Created),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExists),
-            Err(e) => Err(self.map_err("put", key, e)),
+        const RETRY_FOR: Duration = Duration::from_secs(20);
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let mut retried = false;
+        loop {
+            let opts = PutOptions { mode: if create_only { PutMode::Create } else { PutMode::Overwrite }, ..Default::default() };
+            match self.inner.put_opts(&self.path(key), PutPayload::from_bytes(data.clone()), opts).await {
+                Ok(_) => return Ok(PutOutcome::Created),
+                Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                    if retried && self.get(key, data.len() as u64).await.is_ok_and(|there| there == data) {
+                        return Ok(PutOutcome::Created);
+                    }
+                    return Ok(PutOutcome::AlreadyExists);
+                }
+                Err(e) => {
+                    let err = self.map_err("put", key, e);
+                    if crate::error::Classify::kind(&err) != crate::error::ErrorKind::Transient || start.elapsed() + delay > RETRY_FOR {
+                        return Err(err);
+                    }
+                    tracing::debug!("retrying put {key} in {delay:?}: {err}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                    retried = true;
+                }
+            }
         }
     }
 

@@ -105,7 +105,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     };
     sv.log_command_end(exit);
     let timing = sv.flush(&mut events).await;
-    Ok(sv.finish(exit, timing).await)
+    sv.finish(exit, timing).await
 }
 
 /// Private working space next to the checkpoint directory, on the same filesystem so
@@ -263,17 +263,25 @@ impl Supervisor {
     }
 
     /// Decide how the attempt ended, record it, and give the job ad a last moment.
-    async fn finish(&self, exit: Exit, timing: Timing) -> i32 {
+    /// A final checkpoint that could not be made durable is baton's own failure: an
+    /// error (one `baton: error:` line, exit 72), after the end record says so.
+    async fn finish(&self, exit: Exit, timing: Timing) -> anyhow::Result<i32> {
         let final_lost = self.ledger.final_lost();
         let (ending, status) = ending::decide(self.evicted(), exit, final_lost.is_some());
-        if let (Ending::BatonError, Some(seq)) = (ending, final_lost) {
-            tracing::error!("the command finished but its final checkpoint {seq} is not durable");
-        }
         self.end_record(ending, Some(exit), Some(timing), None).await;
         if let Some(c) = &self.chirp {
             c.wait_idle(deadlines::chirp_budget(self.exit_deadline(), Instant::now()));
         }
-        status
+        match (ending, final_lost) {
+            (Ending::BatonError, Some(seq)) => Err(crate::error::Failure::new(
+                crate::error::ErrorKind::Checkpoint,
+                format!(
+                    "the command finished, but its final checkpoint {seq} could not be made durable (the upload errors are logged above); the run's newest durable checkpoint is older"
+                ),
+            )
+            .into()),
+            _ => Ok(status),
+        }
     }
 
     /// An eviction signal arrived, before or after the command ended.
