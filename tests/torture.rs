@@ -1143,3 +1143,184 @@ fn r8_load() {
         started,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// R3: damage at rest, then more training.
+
+/// What R3 does to a stored object of checkpoint 2.
+const R3_KINDS: &[&str] = &[
+    "flip",
+    "truncate",
+    "delete",
+    "garbage_same_size",
+    "append",
+    "directory",
+    "fifo",
+    "empty",
+    "manifest_lies_about_size",
+    "manifest_names_another_chunk",
+    "manifest_cut_short",
+];
+
+/// Writes b.bin (fixed bytes), commits epoch 1, writes c.bin (other fixed bytes) and
+/// exits 0: checkpoint n holds b.bin, checkpoint n+1 (final) holds both.
+const R3_TRAINER: &str = r#"cd "$BATON_CHECKPOINT_DIR" && rm -f c.bin &&
+python3 -c "import random,sys; sys.stdout.buffer.write(random.Random(1).randbytes(3<<20))" > b.bin &&
+"$BATON_BIN" commit --epoch 1 &&
+python3 -c "import random,sys; sys.stdout.buffer.write(random.Random(2).randbytes(2<<20))" > c.bin"#;
+
+fn r3_run(store: &Path, run: &str) -> Output {
+    let slot = tempfile::tempdir().unwrap();
+    output_of(spawn_run(slot.path(), store.to_str().unwrap(), run, &[], &[], &["sh", "-c", R3_TRAINER]))
+}
+
+fn r3_manifest(store: &Path, run: &str, seq: u64) -> (std::path::PathBuf, serde_json::Value) {
+    let p = store.join(format!("runs/{run}/checkpoints/{seq:010}.json"));
+    let v = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    (p, v)
+}
+
+fn r3_verify(store: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = baton().args(["verify", "--store", store.to_str().unwrap()]).args(args).output().unwrap();
+    (out.status.code(), format!("{}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+/// Damage one object of checkpoint 2 of run "a" in a way `kind` names; returns what.
+fn r3_damage(store: &Path, kind: &str, rng: &mut Rng) -> String {
+    let (mpath, m) = r3_manifest(store, "a", 2);
+    let chunks: Vec<(String, u64)> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            f["chunks"].as_array().unwrap().iter().map(|c| (c["hash"].as_str().unwrap().to_string(), c["size"].as_u64().unwrap()))
+        })
+        .collect();
+    let (hash, _) = chunks[rng.below(chunks.len())].clone();
+    let victim = store.join("chunks").join(&hash[..2]).join(&hash);
+    let bytes = std::fs::read(&victim).unwrap();
+    match kind {
+        "flip" => {
+            let mut b = bytes;
+            let i = rng.below(b.len());
+            b[i] ^= 1 << rng.below(8);
+            std::fs::write(&victim, b).unwrap();
+        }
+        "truncate" => std::fs::write(&victim, &bytes[..rng.below(bytes.len())]).unwrap(),
+        "delete" => std::fs::remove_file(&victim).unwrap(),
+        "garbage_same_size" => std::fs::write(&victim, (0..bytes.len()).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>()).unwrap(),
+        "append" => std::fs::write(&victim, [&bytes[..], b"trailing"].concat()).unwrap(),
+        "directory" => {
+            std::fs::remove_file(&victim).unwrap();
+            std::fs::create_dir(&victim).unwrap();
+        }
+        "fifo" => {
+            std::fs::remove_file(&victim).unwrap();
+            nix::unistd::mkfifo(&victim, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        }
+        "empty" => std::fs::write(&victim, b"").unwrap(),
+        "manifest_lies_about_size" => {
+            let mut m = m;
+            let f = &mut m["files"][0];
+            let s = f["size"].as_u64().unwrap();
+            f["size"] = (s + 1).into();
+            std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+            return format!("{kind} {}", mpath.display());
+        }
+        "manifest_names_another_chunk" => {
+            let mut m = m;
+            // A chunk of the other file (another size), or one that exists nowhere.
+            let n = m["files"].as_array().unwrap().len();
+            let other =
+                if n > 1 { m["files"][1]["chunks"][0]["hash"].clone() } else { baton::chunking::sha256_hex(b"not this chunk").into() };
+            m["files"][0]["chunks"][0]["hash"] = other;
+            std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+            return format!("{kind} {}", mpath.display());
+        }
+        "manifest_cut_short" => {
+            let raw = std::fs::read(&mpath).unwrap();
+            std::fs::write(&mpath, &raw[..rng.below(raw.len())]).unwrap();
+            return format!("{kind} {}", mpath.display());
+        }
+        other => panic!("unknown damage {other}"),
+    }
+    format!("{kind} chunk {hash}")
+}
+
+/// R3: a run's checkpoint damaged at rest in one of many ways; then verify, the run's
+/// next attempt, another run with the same bytes, and a repair. Nothing damaged may be
+/// restored, and no checkpoint written after the damage may name a damaged object.
+#[test]
+fn r3_damage_at_rest_then_more_training() {
+    let started = Instant::now();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut repaired = 0;
+    let seeds = trial_seeds("r3_damage_at_rest_then_more_training", R3_KINDS.len());
+    for (i, &seed) in seeds.iter().enumerate() {
+        let _replay = Replay { test: "r3_damage_at_rest_then_more_training", seed };
+        let mut rng = Rng::new(seed);
+        // Every kind once in the default count, then at random.
+        let kind = if i < R3_KINDS.len() && std::env::var("BATON_TORTURE_ONLY").is_err() {
+            R3_KINDS[i]
+        } else {
+            R3_KINDS[rng.below(R3_KINDS.len())]
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        let out = r3_run(store, "a");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let what = r3_damage(store, kind, &mut rng);
+
+        // Verify names checkpoint 2 damaged.
+        let (code, report) = r3_verify(store, &["a"]);
+        assert_eq!(code, Some(71), "{what}: verify did not see it\n{report}");
+        assert!(report.contains("checkpoint 2"), "{what}\n{report}");
+
+        // The run's next attempt restores only intact checkpoints and trains on; what it
+        // commits (checkpoints 3 and 4) verifies, whatever was damaged.
+        let out = r3_run(store, "a");
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{what}\n{err}");
+        assert!(err.contains("SKIPPING DAMAGED CHECKPOINT 2"), "{what}: the damaged checkpoint was restored\n{err}");
+        for seq in [3, 4] {
+            let (code, report) = r3_verify(store, &["a", &seq.to_string()]);
+            assert_eq!(code, Some(0), "{what}: damage spread into checkpoint {seq}\n{report}\n{err}");
+        }
+        // Another run with the same bytes: no damage reused either.
+        let out = r3_run(store, "b");
+        assert!(out.status.success(), "{what}\n{}", text(&out.stderr));
+        let (code, report) = r3_verify(store, &["b"]);
+        assert_eq!(code, Some(0), "{what}: damage spread into run b\n{report}");
+
+        // Chunk damage is repaired by now (written again in place); a lying manifest is
+        // not repairable and stays reported. --repair from the trainer's files agrees.
+        let files = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("sh")
+            .args(["-c", R3_TRAINER])
+            .env("BATON_CHECKPOINT_DIR", files.path())
+            .env("BATON_BIN", "true")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (code, report) = r3_verify(store, &["a", "2", "--repair", "--from-dir", files.path().to_str().unwrap()]);
+        if kind.starts_with("manifest") {
+            assert_eq!(code, Some(71), "{what}: a lying manifest verified\n{report}");
+        } else {
+            assert_eq!(code, Some(0), "{what}: checkpoint 2 not intact after repair\n{report}");
+            repaired += 1;
+        }
+        *counts.entry(kind).or_default() += 1;
+    }
+    let kinds = counts.iter().map(|(k, n)| format!("{k}:{n}")).collect::<Vec<_>>().join(",");
+    summary(
+        "R3",
+        &[
+            ("trials", seeds.len().to_string()),
+            ("kinds", kinds),
+            ("damaged_restored", "0".into()),
+            ("spread_into_new_checkpoints", "0".into()),
+            ("chunk_damage_repaired", repaired.to_string()),
+        ],
+        started,
+    );
+}
