@@ -87,6 +87,7 @@ impl Uploader {
             queue: VecDeque::new(),
             fallbacks: Vec::new(),
             last_ok: None,
+            last_durable: None,
         };
         tokio::spawn(worker.work());
         (Uploader { jobs: jobs_tx, newest_only }, done_rx)
@@ -111,7 +112,10 @@ struct Target {
 }
 
 impl Target {
-    async fn upload(&self, job: &Job, last_ok: Option<&Manifest>) -> anyhow::Result<Manifest> {
+    async fn upload(&self, job: &Job, last_ok: Option<&Manifest>, last_durable: Option<&Manifest>) -> anyhow::Result<Manifest> {
+        if let Some(m) = last_durable {
+            self.still_ours(m).await?;
+        }
         match &job.source {
             Source::Snapshot(snap) => upload::upload(&self.store, &self.attempt, &job.info, snap, &self.settings, &self.known).await,
             Source::Same(seq) => match last_ok {
@@ -119,6 +123,26 @@ impl Target {
                 _ => Err(anyhow::anyhow!("it repeats checkpoint {seq}, which did not become durable")),
             },
         }
+    }
+}
+
+impl Target {
+    /// Whether the newest manifest this attempt wrote is still the one in the store. A
+    /// server that ignores create-only conditions lets a second writer of the run (an
+    /// attempt HTCondor believes gone) overwrite it, and the read-back right after the
+    /// write can come too early to see that. Read again before every later commit, it
+    /// does: the loser finds out within one commit and stops loudly (exit 73) instead of
+    /// training on while its checkpoints hold the other writer's bytes.
+    async fn still_ours(&self, m: &Manifest) -> anyhow::Result<()> {
+        let there = self.store.get_manifest_bytes(&self.attempt.run, m.seq).await?;
+        if there != m.to_bytes() {
+            return Err(StoreError::Conflict {
+                key: format!("checkpoint {} of run {}", m.seq, self.attempt.run),
+                detail: "another writer replaced this attempt's manifest after it was written (the store ignores create-only conditions, and an older attempt of this run is still running)".into(),
+            }
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -136,6 +160,8 @@ struct Worker {
     fallbacks: Vec<Job>,
     /// The newest checkpoint uploaded from a snapshot: what a `Source::Same` repeats.
     last_ok: Option<Manifest>,
+    /// The newest manifest this attempt wrote, checked before the next commit.
+    last_durable: Option<Manifest>,
 }
 
 impl Worker {
@@ -223,7 +249,7 @@ impl Worker {
     /// only the newest checkpoint has to beat the hard kill, and the window may not hold
     /// two uploads. (Not when the newer commit repeats this one's files.)
     async fn upload_unless_superseded(&mut self, job: &Job) -> Option<anyhow::Result<Manifest>> {
-        let upload = self.target.upload(job, self.last_ok.as_ref());
+        let upload = self.target.upload(job, self.last_ok.as_ref(), self.last_durable.as_ref());
         tokio::pin!(upload);
         loop {
             tokio::select! {
@@ -242,6 +268,9 @@ impl Worker {
     fn report(&mut self, job: Job, result: anyhow::Result<Manifest>) {
         if let (Ok(m), Source::Snapshot(_)) = (&result, &job.source) {
             self.last_ok = Some(m.clone());
+        }
+        if let Ok(m) = &result {
+            self.last_durable = Some(m.clone());
         }
         job.source.discard();
         let outcome = match result {
