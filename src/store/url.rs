@@ -44,6 +44,10 @@ impl StoreUrl {
                 if prefix.split('/').any(|p| p == ".." || p == ".") {
                     return Err(format!("{s}: the prefix may not contain '.' or '..' parts"));
                 }
+                // Whitespace at the end would be trimmed off the URL as shown, and so lost.
+                if prefix.chars().any(char::is_control) || prefix.ends_with(char::is_whitespace) {
+                    return Err(format!("{s}: the prefix may not hold control characters or end with whitespace"));
+                }
                 Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix })
             }
             other => Err(format!("{s}: unknown store scheme '{other}://'; {SUPPORTED}")),
@@ -106,6 +110,17 @@ mod tests {
             assert!(matches!(u, StoreUrl::Dir(_)), "{written}");
             assert_eq!(StoreUrl::parse(&u.to_string()), Ok(u), "{written}");
         }
+    }
+
+    #[test]
+    fn s3_prefixes_that_cannot_be_shown_back_are_refused() {
+        // Found by the store_url fuzz target: the prefix "p//\u{b}" was shown as
+        // s3://b/p//\u{b}, which reads back as the prefix "p".
+        assert!(StoreUrl::parse("s3://b/p//\u{b}/").is_err());
+        assert!(StoreUrl::parse("s3://b/p /").is_err());
+        assert!(StoreUrl::parse("s3://b/p\tq").is_err());
+        let u = StoreUrl::parse("s3://b/with space/x").unwrap();
+        assert_eq!(StoreUrl::parse(&u.to_string()), Ok(u));
     }
 
     #[test]
