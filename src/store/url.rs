@@ -40,6 +40,9 @@ impl StoreUrl {
                 if bucket.is_empty() {
                     return Err(format!("{s}: no bucket name (s3://bucket/prefix)"));
                 }
+                if bucket.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(format!("{s}: a bucket name has no spaces or control characters"));
+                }
                 let prefix = prefix.trim_matches('/').to_string();
                 if prefix.split('/').any(|p| p == ".." || p == ".") {
                     return Err(format!("{s}: the prefix may not contain '.' or '..' parts"));
@@ -119,6 +122,9 @@ mod tests {
         assert!(StoreUrl::parse("s3://b/p//\u{b}/").is_err());
         assert!(StoreUrl::parse("s3://b/p /").is_err());
         assert!(StoreUrl::parse("s3://b/p\tq").is_err());
+        // And the bucket, found next: s3://bp\u{b}/ was shown as s3://bp\u{b}, read back as "bp".
+        assert!(StoreUrl::parse("s3://bp\u{b}/").is_err());
+        assert!(StoreUrl::parse("s3://b p/x").is_err());
         let u = StoreUrl::parse("s3://b/with space/x").unwrap();
         assert_eq!(StoreUrl::parse(&u.to_string()), Ok(u));
     }
