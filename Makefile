@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit torture bench dist clean venv tools
+.PHONY: all build demo test unit torture bench dist clean venv tools fuzz
 
 all: build
 
@@ -66,3 +66,10 @@ clean:
 # builds in target/dist, and fails unless the GLIBC and shared-library checks pass.
 dist:
 	bash scripts/dist.sh
+
+# R4 of the torture suite: each cargo-fuzz target (manifest, classad, chirp, propfind,
+# store_url) for FUZZ_SECONDS seconds; fails on any crash. Needs nightly (installed with
+# cargo-fuzz if missing), so it is not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

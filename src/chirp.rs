@@ -277,18 +277,13 @@ impl Conn {
                 Err(e) => return Err(io_message("sending", e)),
             }
         }
-        let reply = self.read_line()?;
-        reply.trim().parse::<i64>().map_err(|_| format!("the Chirp proxy sent {reply:?}, not a reply code"))
+        parse_reply(&self.read_line()?)
     }
 
     fn read_line(&mut self) -> Result<String, String> {
         loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
-            }
-            if self.buf.len() > LINE_MAX {
-                return Err("the Chirp proxy sent an over-long line".into());
+            if let Some(line) = take_reply_line(&mut self.buf)? {
+                return Ok(line);
             }
             self.stream.set_read_timeout(Some(remaining(self.deadline)?)).map_err(|e| e.to_string())?;
             let mut chunk = [0u8; 512];
@@ -300,6 +295,26 @@ impl Conn {
             }
         }
     }
+}
+
+/// The first whole line (without its newline) of what the proxy has sent so far, taken
+/// out of `buf`; `None` until a newline arrives. Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn take_reply_line(buf: &mut Vec<u8>) -> Result<Option<String>, String> {
+    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=end).collect();
+        return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+    }
+    if buf.len() > LINE_MAX {
+        return Err("the Chirp proxy sent an over-long line".into());
+    }
+    Ok(None)
+}
+
+/// A reply line's integer code. Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_reply(reply: &str) -> Result<i64, String> {
+    reply.trim().parse::<i64>().map_err(|_| format!("the Chirp proxy sent {reply:?}, not a reply code"))
 }
 
 fn remaining(deadline: Instant) -> Result<Duration, String> {

@@ -766,6 +766,24 @@ impl<'a> Eval<'a, '_> {
         self.lx.next().ok().map(|t| t.1)
     }
 
+    /// A reference copies the value it names, so the copy is paid for from the same
+    /// budget: one step per value (lists and nested ads counted through) and one per 64
+    /// bytes of text. Without this, `A = { B, B, ... }` with `B` a long list (or string)
+    /// copies `B` once per mention, and a few such lines fill any memory.
+    fn charge(&self, v: &Value) -> bool {
+        let left = self.steps.get();
+        match left.checked_sub(weight(v, left)) {
+            Some(rest) => {
+                self.steps.set(rest);
+                true
+            }
+            None => {
+                self.steps.set(0);
+                false
+            }
+        }
+    }
+
     fn punct(&mut self) -> Option<&'static str> {
         match self.lx.peek().ok()?.1 {
             Tok::Punct(p) => Some(p),
@@ -847,7 +865,7 @@ impl<'a> Eval<'a, '_> {
                 match self.scope.lookup(id) {
                     Some((v, found)) => match eval_value_in(v, found, self.depth + nest + 1, self.steps) {
                         Value::Expr(_) => None,
-                        v => Some(v),
+                        v => self.charge(&v).then_some(v),
                     },
                     None => Some(Value::Undefined),
                 }
@@ -882,6 +900,25 @@ impl<'a> Eval<'a, '_> {
             _ => None,
         }
     }
+}
+
+/// What copying `v` costs in evaluation steps (see `Eval::charge`); counting stops once
+/// past `limit`, so that weighing is bounded by the budget too.
+fn weight(v: &Value, limit: usize) -> usize {
+    let text = |s: &str| s.len() / 64;
+    let mut n = 1;
+    let mut add = |w: &dyn Fn(usize) -> usize| {
+        if n <= limit {
+            n += w(limit - n);
+        }
+    };
+    match v {
+        Value::String(s) | Value::Expr(s) => n += text(s),
+        Value::List(items) => items.iter().for_each(|i| add(&|l| weight(i, l))),
+        Value::Ad(ad) => ad.iter().for_each(|a| add(&|l| text(&a.name) + text(&a.raw) + weight(&a.value, l))),
+        _ => {}
+    }
+    n
 }
 
 /// ClassAd arithmetic on numbers: error wins over undefined, integers wrap, integer
@@ -1154,6 +1191,33 @@ mod tests {
             assert!(ad.len() + errs.len() == 1, "{line:?}");
             let _ = ad.eval("A");
         }
+    }
+
+    /// Values in `v`, lists and nested ads counted through, and its text in 64-byte units.
+    fn size(v: &Value) -> usize {
+        match v {
+            Value::List(items) => 1 + items.iter().map(size).sum::<usize>(),
+            Value::Ad(ad) => 1 + ad.iter().map(|a| size(&a.value) + (a.name.len() + a.raw.len()) / 64).sum::<usize>(),
+            Value::String(s) | Value::Expr(s) => 1 + s.len() / 64,
+            _ => 1,
+        }
+    }
+
+    #[test]
+    fn references_cannot_multiply_an_ad_past_the_budget() {
+        // Two short lines, and `A` is a million values: every mention of `B` copies it.
+        // A few more lines like `A` (or longer ones) would fill any memory.
+        let b = vec!["1"; 1000].join(",");
+        let a = vec!["B"; 1000].join(",");
+        let ad = ok(&format!("B = {{{b}}}\nA = {{{a}}}\nS = \"{}\"\nT = {{{}}}", "s".repeat(64_000), vec!["S"; 1000].join(",")));
+        assert_eq!(ad.list("B").map(|l| l.len()), Some(1000));
+        for name in ["A", "T"] {
+            let v = ad.eval(name).unwrap();
+            assert!(size(&v) <= EVAL_STEPS + 2000, "{name}: {} values", size(&v));
+        }
+        // Within the budget, references still evaluate.
+        let ad = ok(&format!("B = {{{b}}}\nA = {{ B, B }}"));
+        assert_eq!(ad.list("A").unwrap()[1].as_list().map(<[Value]>::len), Some(1000));
     }
 
     #[test]

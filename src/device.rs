@@ -40,6 +40,10 @@ pub struct DeviceInfo {
     pub source: String,
 }
 
+/// More GPUs than any slot has: a longer `AssignedGPUs` or `AvailableGPUs` is damaged,
+/// and reading it all would copy a nested ad per entry.
+const MAX_GPUS: usize = 64;
+
 /// Joins the names of GPUs of different models.
 const MIXED: &str = " + ";
 
@@ -170,16 +174,22 @@ fn from_machine_ad(m: &Ad) -> Option<DeviceInfo> {
 /// (`"GPU-fd425f30,GPU-..."`, ad `GPUs_GPU_fd425f30`), else the references in
 /// `AvailableGPUs` (`{ GPUs_GPU_fd425f30 }`).
 fn per_gpu_ads(m: &Ad) -> Vec<Gpu> {
-    let assigned: Vec<String> = m
-        .string("AssignedGPUs")
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        .unwrap_or_default();
+    let mut assigned: Vec<String> = Vec::new();
+    for id in m.string("AssignedGPUs").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if assigned.len() == MAX_GPUS {
+            break;
+        }
+        if !assigned.iter().any(|a| a == id) {
+            assigned.push(id.to_string());
+        }
+    }
     let ads: Vec<Ad> = if !assigned.is_empty() {
         assigned.iter().filter_map(|id| gpu_ad_by_id(m, id)).collect()
     } else {
         m.list("AvailableGPUs")
             .unwrap_or_default()
             .into_iter()
+            .take(MAX_GPUS)
             .filter_map(|v| match v {
                 Value::Ad(a) => Some(a),
                 Value::String(id) => gpu_ad_by_id(m, &id),
@@ -357,6 +367,23 @@ mod tests {
         let same = "AssignedGPUs = \"GPU-a,GPU-b\"\nGPUs_GPU_a = [ DeviceName = \"Tesla T4\"; GlobalMemoryMb = 15000 ]\nGPUs_GPU_b = [ DeviceName = \"Tesla T4\"; GlobalMemoryMb = 14931 ]\n";
         let d = machine(same).unwrap();
         assert_eq!((d.to_string(), d.memory_mb), ("2x Tesla T4".into(), Some(14931)));
+    }
+
+    #[test]
+    fn a_damaged_gpu_list_is_read_once_per_gpu() {
+        // Found with the classad fuzz target, which asks for the device: 100,000 mentions
+        // of one GPU in 200 KB of ad copied its nested ad once per mention (gigabytes).
+        let ids = vec!["GPU-x"; 1000].join(",");
+        let d = machine(&format!("AssignedGPUs = \"{ids}\"\nGPUs_GPU_x = [ Id = \"GPU-x\"; DeviceName = \"Tesla T4\" ]\n")).unwrap();
+        assert_eq!((d.to_string(), d.count), ("Tesla T4".into(), 1));
+        // Distinct GPUs past any real slot: the first MAX_GPUS are read, from either list.
+        let names: Vec<String> = (0..1000).map(|i| format!("GPU-{i}")).collect();
+        let ads: String = (0..1000).map(|i| format!("GPUs_GPU_{i} = [ Id = \"GPU-{i}\"; DeviceName = \"Tesla T4\" ]\n")).collect();
+        let d = machine(&format!("AssignedGPUs = \"{}\"\n{ads}", names.join(","))).unwrap();
+        assert_eq!(d.count, MAX_GPUS as u32);
+        let refs: Vec<String> = (0..1000).map(|i| format!("GPUs_GPU_{i}")).collect();
+        let d = machine(&format!("AvailableGPUs = {{ {} }}\n{ads}", refs.join(","))).unwrap();
+        assert_eq!(d.count, MAX_GPUS as u32);
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     // directory elsewhere: a relative store path must not change meaning.
     let url = a.store.url()?;
     let store_url = match &url {
-        StoreUrl::Dir(p) => std::path::absolute(p)?.display().to_string(),
+        StoreUrl::Dir(p) => StoreUrl::Dir(std::path::absolute(p)?).to_string(),
         other => other.to_string(),
     };
     let store = a.store.open()?;

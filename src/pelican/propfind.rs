@@ -188,7 +188,9 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
     let mut t = time.split(':');
     let (h, mi, se): (i64, i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
     let (y, m, d) = date;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+    // Four-digit years, as both formats write them: the arithmetic below cannot overflow.
+    let in_range = (0..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d);
+    if !in_range || !(0..=23).contains(&h) || !(0..=59).contains(&mi) || !(0..=60).contains(&se) {
         return None;
     }
     // Days from civil (Howard Hinnant).
@@ -279,5 +281,16 @@ mod tests {
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784111777));
         assert_eq!(parse_http_date("1994-11-06T08:49:37Z"), Some(784111777));
         assert_eq!(parse_http_date("garbage"), None);
+    }
+
+    #[test]
+    fn dates_out_of_range_are_refused_not_overflowed() {
+        // Found reading parse_http_date for the propfind fuzz target: a server's
+        // getlastmodified overflowed i64 (a panic in debug builds, a wrapped time in release).
+        assert_eq!(parse_http_date("Sun, 06 Nov 999999999999 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 -9223372036854775808:00:00 GMT"), None);
+        assert_eq!(parse_http_date("1994-11-06T-1:00:00Z"), None);
+        assert_eq!(parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT"), Some(253402300799));
+        assert_eq!(parse_http_date("0000-01-01T00:00:00Z"), Some(-62167219200));
     }
 }

@@ -40,9 +40,16 @@ impl StoreUrl {
                 if bucket.is_empty() {
                     return Err(format!("{s}: no bucket name (s3://bucket/prefix)"));
                 }
+                if bucket.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(format!("{s}: a bucket name has no spaces or control characters"));
+                }
                 let prefix = prefix.trim_matches('/').to_string();
                 if prefix.split('/').any(|p| p == ".." || p == ".") {
                     return Err(format!("{s}: the prefix may not contain '.' or '..' parts"));
+                }
+                // Whitespace at the end would be trimmed off the URL as shown, and so lost.
+                if prefix.chars().any(char::is_control) || prefix.ends_with(char::is_whitespace) {
+                    return Err(format!("{s}: the prefix may not hold control characters or end with whitespace"));
                 }
                 Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix })
             }
@@ -54,6 +61,9 @@ impl StoreUrl {
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // A path holding `://` reads back as a URL; as a file:// URL it reads back as
+            // itself (only absolute paths can hold it: `a://b` never parses as a path).
+            StoreUrl::Dir(p) if p.is_absolute() && p.to_string_lossy().contains("://") => write!(f, "file://{}", p.display()),
             StoreUrl::Dir(p) => write!(f, "{}", p.display()),
             StoreUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             StoreUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
@@ -92,6 +102,31 @@ mod tests {
         }
         assert!(StoreUrl::parse("pelican:///ns").unwrap_err().contains("federation host"));
         assert!(StoreUrl::parse("osdf:///").unwrap_err().contains("namespace"));
+    }
+
+    #[test]
+    fn a_directory_whose_path_holds_a_scheme_separator_round_trips() {
+        // Found by the store_url fuzz target: shown as a bare path, this read back as an
+        // unknown scheme (or as a Pelican URL with a bad token name).
+        for written in ["file:///d/pelican://h/ns", "file:///a+osdf://ns/x"] {
+            let u = StoreUrl::parse(written).unwrap();
+            assert!(matches!(u, StoreUrl::Dir(_)), "{written}");
+            assert_eq!(StoreUrl::parse(&u.to_string()), Ok(u), "{written}");
+        }
+    }
+
+    #[test]
+    fn s3_prefixes_that_cannot_be_shown_back_are_refused() {
+        // Found by the store_url fuzz target: the prefix "p//\u{b}" was shown as
+        // s3://b/p//\u{b}, which reads back as the prefix "p".
+        assert!(StoreUrl::parse("s3://b/p//\u{b}/").is_err());
+        assert!(StoreUrl::parse("s3://b/p /").is_err());
+        assert!(StoreUrl::parse("s3://b/p\tq").is_err());
+        // And the bucket, found next: s3://bp\u{b}/ was shown as s3://bp\u{b}, read back as "bp".
+        assert!(StoreUrl::parse("s3://bp\u{b}/").is_err());
+        assert!(StoreUrl::parse("s3://b p/x").is_err());
+        let u = StoreUrl::parse("s3://b/with space/x").unwrap();
+        assert_eq!(StoreUrl::parse(&u.to_string()), Ok(u));
     }
 
     #[test]
