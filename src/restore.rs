@@ -1,6 +1,6 @@
 //! Restore: bring a checkpoint back from the store into a directory, trusting nothing.
-//! Every chunk is size- and hash-checked as it arrives (restore), and `verify` also
-//! hashes every file whole against the manifest; files are only ever created fresh (`O_EXCL | O_NOFOLLOW`) inside a
+//! Every chunk is size- and hash-checked as it arrives, every file is hashed as it is
+//! written, and files are only ever created fresh (`O_EXCL | O_NOFOLLOW`) inside a
 //! directory baton made itself, so a hostile manifest cannot write outside it.
 
 use futures::StreamExt;
@@ -188,9 +188,15 @@ async fn read_file<W: Write + Send + 'static>(
     Ok(out)
 }
 
-/// Create `f`, empty, inside `target` (never outside it, never through a link, never
-/// over anything), at its final size.
-fn create_file(seq: u64, target: &Path, f: &FileEntry) -> Result<std::fs::File, RestoreError> {
+/// Create `f` inside `target` (never outside it, never through a link) and fill it.
+async fn write_file(
+    store: &Store,
+    seq: u64,
+    target: &Path,
+    f: &FileEntry,
+    concurrency: usize,
+    known: &KnownChunks,
+) -> Result<(), RestoreError> {
     let err = |detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
     let path = join_inside(target, &f.path).ok_or_else(|| err("path leaves the directory".into()))?;
     if let Some(parent) = path.parent() {
@@ -208,70 +214,31 @@ fn create_file(seq: u64, target: &Path, f: &FileEntry) -> Result<std::fs::File, 
         .mode(0o600)
         .open(&path)
         .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
-    out.set_len(f.size).map_err(|e| err(format!("cannot size {}: {e}", path.display())))?;
-    Ok(out)
-}
-
-/// Write every file of `m` into `target`, an empty directory this process created.
-///
-/// Every file is created first, at its size; then the chunks of all files are fetched
-/// `concurrency` at a time, in any order, each checked against its sha256 as it is
-/// decoded and written at its offset (`pwrite`). Each byte is hashed once, as part of
-/// the chunk that names it: the chunks' hashes cover every byte of every file, and the
-/// manifest's sizes (checked when it was validated) place them. The whole-file sha256
-/// the manifest also carries is checked by `baton verify`, which reads files in order;
-/// a restore that hashed every byte twice would spend as much CPU on the second hash as
-/// on all the rest (docs/benchmarks.md).
-pub async fn download(store: &Store, m: &Manifest, target: &Path, concurrency: usize, known: &KnownChunks) -> Result<(), RestoreError> {
-    m.validate().map_err(|e| RestoreError::Manifest { run: m.run_id.clone(), seq: m.seq, source: e.into() })?;
-    let mut files = Vec::with_capacity(m.files.len());
-    for f in &m.files {
-        files.push(std::sync::Arc::new(create_file(m.seq, target, f)?));
-    }
-    let jobs = m.files.iter().zip(&files).flat_map(|(f, out)| {
-        let mut offset = 0u64;
-        f.chunks.iter().map(move |c| {
-            let at = offset;
-            offset += c.size;
-            (f, out.clone(), c, at)
-        })
-    });
-    let mut writes = futures::stream::iter(jobs)
-        .map(|(f, out, c, at)| async move {
-            let err = |detail: String| RestoreError::File { seq: m.seq, path: f.path.clone(), detail };
-            let data = match fetch_chunk(store, m.seq, &f.path, c.hash.clone(), c.size).await {
-                Ok(data) => data,
-                Err(e) => {
-                    if e.kind() == ErrorKind::Integrity {
-                        known.mark_damaged(&c.hash);
-                    }
-                    return Err(e);
-                }
-            };
-            known.insert(c.hash.clone());
-            tokio::task::spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*out, &data, at))
-                .await
-                .map_err(|e| err(e.to_string()))?
-                .map_err(|e| err(format!("writing: {e}")))
-        })
-        .buffer_unordered(concurrency.max(1));
-    while let Some(written) = writes.next().await {
-        written?;
-    }
-    drop(writes);
-    for (f, out) in m.files.iter().zip(&files) {
-        out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| RestoreError::File {
-            seq: m.seq,
-            path: f.path.clone(),
-            detail: e.to_string(),
-        })?;
-    }
+    let out = read_file(store, seq, f, out, concurrency, known).await?;
+    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| err(e.to_string()))?;
     Ok(())
 }
 
 /// Read every chunk of `f` back and check it, as a restore would, writing nothing.
 pub async fn check_file(store: &Store, seq: u64, f: &FileEntry, concurrency: usize) -> Result<(), RestoreError> {
     read_file(store, seq, f, std::io::sink(), concurrency, &KnownChunks::default()).await.map(drop)
+}
+
+/// Write every file of `m` into `target`, an empty directory this process created.
+pub async fn download(store: &Store, m: &Manifest, target: &Path, concurrency: usize, known: &KnownChunks) -> Result<(), RestoreError> {
+    m.validate().map_err(|e| RestoreError::Manifest { run: m.run_id.clone(), seq: m.seq, source: e.into() })?;
+    // Several files at once, each hashed whole in order on its own thread, sharing the
+    // window of chunks in flight: a checkpoint of weights and optimizer state keeps two
+    // hashers busy instead of one.
+    let concurrency = concurrency.max(1);
+    let files_at_once = m.files.len().clamp(1, 4).min(concurrency);
+    let window = (concurrency / files_at_once).max(1);
+    let mut writes =
+        futures::stream::iter(&m.files).map(|f| write_file(store, m.seq, target, f, window, known)).buffer_unordered(files_at_once);
+    while let Some(written) = writes.next().await {
+        written?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]
