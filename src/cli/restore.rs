@@ -21,6 +21,9 @@ pub struct Args {
     /// Directory to write into; must not exist or be empty.
     #[arg(long, value_name = "DIR")]
     to: PathBuf,
+    /// Chunks downloaded at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
@@ -36,7 +39,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             return Err(usage(format!("{} exists and is not an empty directory; restore into a new directory", target.display())));
         }
     }
-    let m = baton::restore::restore_into(&store, &a.run, a.checkpoint, &target, 8).await?;
+    let m = baton::restore::restore_into(&store, &a.run, a.checkpoint, &target, a.concurrency as usize).await?;
     eprintln!("restored {} of run {} ({} files) into {}", baton::format::checkpoint(&m), a.run, m.files.len(), target.display());
     Ok(0)
 }
