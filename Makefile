@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit torture bench dist clean venv tools fuzz
+.PHONY: all build demo test unit torture bench bench-tools dist clean venv tools fuzz
 
 all: build
 
@@ -57,6 +57,10 @@ torture: venv
 bench: build venv
 	bash bench/run.sh
 	bash bench/goodput.sh
+
+# baton beside aws, tar|zstd|aws, rclone and restic on one s3s-fs server (docs/benchmarks-tools.md).
+bench-tools: build venv
+	bash bench/compare.sh
 
 clean:
 	rm -rf target $(VENV) $(DEMO) bench-out $(TORTURE_OUT)
