@@ -246,3 +246,29 @@ fn an_eviction_during_an_upload_keeps_the_newest_commit() {
     let out = baton().args(["verify", "--store", s, "midway"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// A command that finishes right as the eviction signal arrives (its last epoch was
+/// ending anyway) and exits 0 without committing: what it left is the final checkpoint,
+/// flushed in the window. Before, nothing was captured, baton exited 0 (HTCondor: job
+/// done) and the store held only older work.
+#[test]
+fn a_command_that_finishes_during_an_eviction_leaves_its_final_checkpoint() {
+    let store = tempfile::tempdir().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let script = r#"trap '' TERM; cd "$BATON_CHECKPOINT_DIR"; echo epoch1 > state; "$BATON_BIN" commit --epoch 1 || exit 9
+        touch ../ready; while [ ! -e ../signalled ]; do sleep 0.05; done; echo final > state; exit 0"#;
+    let child = spawn_run(slot.path(), s, "late", &[], &[], &["sh", "-c", script]);
+    wait_for_file(&slot.path().join("ready"), "the first commit");
+    send_signal(child.id(), libc::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(slot.path().join("signalled"), "").unwrap();
+    let out = output_of(child);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let to = tempfile::tempdir().unwrap();
+    let back = to.path().join("r");
+    let r = baton().args(["restore", "--store", s, "late", "--to", back.to_str().unwrap()]).output().unwrap();
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert_eq!(std::fs::read_to_string(back.join("state")).unwrap(), "final\n", "the final state was not captured\n{err}");
+}

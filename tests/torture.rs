@@ -427,8 +427,12 @@ fn r1_trial(seed: u64, store: &Store, c: &mut R1Counts) {
     match (target, victim) {
         (_, None) => assert!(status.success(), "{status:?}\n{err}"),
         ("baton", _) => assert_eq!(status.code(), None, "baton survived SIGKILL?\n{err}"),
-        // The trainer died of SIGKILL: 128 + 9, like an init.
-        ("trainer", _) => assert_eq!(status.code(), Some(137), "{err}"),
+        // The trainer died of SIGKILL: 128 + 9, like an init; or it had finished between
+        // being picked and the signal (its exit 0 is in the log).
+        ("trainer", _) => assert!(
+            status.code() == Some(137) || (status.code() == Some(0) && err.contains("command ended with exit code 0")),
+            "{status:?}\n{err}"
+        ),
         // The trainer's `subprocess.run(check=True)` raised: it exits 1; or the commit had
         // already answered when the signal came, and the run finished.
         _ => assert!(matches!(status.code(), Some(1) | Some(0)), "{status:?}\n{err}"),
@@ -633,7 +637,10 @@ fn r2_storage_faults_lose_and_corrupt_nothing() {
             if out.status.success() {
                 let epoch = check_restored(&to.path().join("r"), R2_ARGS)
                     .unwrap_or_else(|e| panic!("a restore through faults gave other bytes: {e}"));
-                assert_eq!(epoch, 5);
+                if epoch != 5 {
+                    let inspect = direct.baton().args(["inspect", "--store", &direct.url, run]).output().unwrap();
+                    panic!("a restore through faults gave epoch {epoch}, not 5\n{}\n{}\n{log}", text(&out.stderr), text(&inspect.stdout));
+                }
                 restores_ok += 1;
             } else {
                 restores_failed += 1;

@@ -28,7 +28,9 @@ impl Supervisor {
                 FlushEvent::Upload(done) => {
                     // A conflict found now is logged; it neither stops the flush nor
                     // changes the exit status.
-                    let _ = self.on_upload_done(done);
+                    if let Err(conflict) = self.on_upload_done(done) {
+                        self.conflict.get_or_insert(conflict);
+                    }
                 }
                 FlushEvent::Eviction(sig) => {
                     self.on_eviction_signal(sig);

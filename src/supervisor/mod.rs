@@ -174,6 +174,9 @@ struct Supervisor {
     family: String,
     /// Kills the family if baton is SIGKILLed; started with the first launch.
     watcher: Option<process::Watcher>,
+    /// Another writer took a checkpoint of this attempt while it flushed: the attempt
+    /// ends as a conflict (exit 73) once the flush is over, as it would have while running.
+    conflict: Option<crate::error::Failure>,
 }
 
 impl Supervisor {
@@ -206,6 +209,7 @@ impl Supervisor {
             pending_restart: None,
             family: String::new(),
             watcher: None,
+            conflict: None,
         }
     }
 
@@ -265,7 +269,11 @@ impl Supervisor {
     /// Decide how the attempt ended, record it, and give the job ad a last moment.
     /// A final checkpoint that could not be made durable is baton's own failure: an
     /// error (one `baton: error:` line, exit 72), after the end record says so.
-    async fn finish(&self, exit: Exit, timing: Timing) -> anyhow::Result<i32> {
+    async fn finish(&mut self, exit: Exit, timing: Timing) -> anyhow::Result<i32> {
+        if let Some(conflict) = self.conflict.take() {
+            self.end_record(Ending::BatonError, Some(exit), Some(timing), Some(conflict.to_string())).await;
+            return Err(conflict.into());
+        }
         let final_lost = self.ledger.final_lost();
         let (ending, status) = ending::decide(self.evicted(), exit, final_lost.is_some());
         self.end_record(ending, Some(exit), Some(timing), None).await;

@@ -97,15 +97,19 @@ impl Supervisor {
                 self.restart_in_place(c).await?;
                 return Ok(ControlFlow::Continue(()));
             }
-            (Phase::Running, Exit::Code(0)) => match self.capture(Reason::Final, commit::Request::default()).await {
-                Ok(seq) => self.ledger.set_final(seq),
-                Err(e) => tracing::warn!("no final checkpoint: {e}"),
-            },
             (Phase::Draining { .. }, Exit::Code(c)) if checkpoint_exit => {
                 if let Err(e) = self.capture(Reason::Eviction, commit::Request::default()).await {
                     tracing::error!("CHECKPOINT CAPTURE FAILED after exit code {c}: {e}");
                 }
             }
+            // Finished, even if an eviction signal came first (a trainer that was ending
+            // its last epoch anyway): what it left is the final checkpoint, flushed in the
+            // window like any other. Without it, baton would exit 0, HTCondor would call
+            // the job done, and the store would hold older work.
+            (_, Exit::Code(0)) => match self.capture(Reason::Final, commit::Request::default()).await {
+                Ok(seq) => self.ledger.set_final(seq),
+                Err(e) => tracing::warn!("no final checkpoint: {e}"),
+            },
             _ => {}
         }
         Ok(ControlFlow::Break(exit))
