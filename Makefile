@@ -13,10 +13,11 @@ all: build
 build:
 	cargo build --release
 
-# Python tools the tests need (moto's S3 server), in a local virtualenv.
-$(VENV)/.installed: requirements-test.txt
+# Python tools the tests need (moto's S3 server; torch, Lightning and scikit-learn for
+# tests/torch.rs), in a local virtualenv. torch alone is about 1.5 minutes and 5 GB.
+$(VENV)/.installed: requirements-test.txt requirements-torch.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt -r requirements-torch.txt
 	touch $@
 
 venv: $(VENV)/.installed
