@@ -349,7 +349,7 @@ class ResumableSampler:
         self._start = 0         # where the next __iter__ begins
 
     def __len__(self):
-        return self.n - self._start
+        return self.n     # a whole epoch, also when resumed mid-epoch (Lightning sizes its loop by it)
 
     def set_epoch(self, epoch):
         """Called at every epoch start (Lightning and DistributedSampler users do)."""
@@ -506,7 +506,9 @@ def lightning_plugins():
     the job (no auto-requeue on SIGUSR1, no `scontrol requeue`). BatonCallback also puts
     baton_ckpt's SIGTERM handler back on top of Lightning's at fit start."""
     pl = _lightning()
-    return [pl.plugins.environments.LightningEnvironment()]
+    import importlib
+    envs = importlib.import_module(_lightning().__name__ + ".plugins.environments")
+    return [envs.LightningEnvironment()]
 
 
 def _lightning_callback_class():
