@@ -22,7 +22,10 @@ bc.install_signal_handlers()    # baton: before the slow imports below
 
 import argparse
 import hashlib
+import random
 import time
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +76,8 @@ def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
+    random.seed(args.seed)          # unused by training, but saved with the checkpoint:
+    np.random.seed(args.seed)       # seeded, so the final file is the same in every run
     device = bc.current_device()
 
     x, y = load_data(device)

@@ -284,7 +284,32 @@ def load(name=CHECKPOINT_FILE, directory=None, map_location=None, weights_only=T
         os.remove(stale)        # a save that never finished: not part of any checkpoint
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location=map_location or current_device(), weights_only=weights_only)
+    obj = torch.load(path, map_location=map_location or current_device(), weights_only=weights_only)
+    return _intern_strings(obj)
+
+
+def _intern_strings(obj):
+    """Intern the strings of a loaded checkpoint, in place where possible.
+
+    pickle writes a string once per object, then refers back to it: in a fresh run the
+    optimizer's 'step' key and the checkpoint's own 'step' key are one interned object,
+    after a resume the optimizer's is a copy unpickled from the file. Same content,
+    different bytes, and `baton simulate --verify` compares bytes. Interning makes the
+    checkpoint of a resumed run byte-identical to an uninterrupted run's.
+    """
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        items = [(_intern_strings(k), _intern_strings(v)) for k, v in obj.items()]
+        obj.clear()
+        obj.update(items)
+        return obj
+    if isinstance(obj, list):
+        obj[:] = [_intern_strings(v) for v in obj]
+        return obj
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_intern_strings(v) for v in obj)
+    return obj
 
 
 # --- RNG states -----------------------------------------------------------------------
@@ -567,6 +592,8 @@ def _lightning_callback_class():
             checkpoint["baton_rng"] = capture_rng()
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            # Before Lightning hands the optimizer states on (see _intern_strings).
+            _intern_strings(checkpoint)
             self._pending_rng = checkpoint.get("baton_rng")
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

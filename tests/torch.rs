@@ -120,10 +120,11 @@ fn lightning_example_evicted_twice_ends_bit_exact() {
 }
 
 /// `baton simulate --verify`: a soft and a hard eviction (from a trace, so the schedule
-/// is the same on every machine), then compared with an uninterrupted run, final
+/// is the same on every machine; the steps are slow enough that no attempt can finish
+/// before its eviction, however fast the machine), then compared with an uninterrupted run, final
 /// checkpoint file and digest. CPU slots only: a simulated GPU slot sets
 /// CUDA_VISIBLE_DEVICES, which on a machine with a GPU would move the arithmetic there.
-fn simulate_verifies(script: &str, trace: &str) {
+fn simulate_verifies(script: &str, step_seconds: &str, trace: &str) {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("trace.txt"), trace).unwrap();
     let out = baton()
@@ -132,7 +133,7 @@ fn simulate_verifies(script: &str, trace: &str) {
         .args(["--slots", "cpu", "--vacate-window", "30s", "--verify", "--"])
         .arg(python())
         .arg(example(script))
-        .args(["--epochs", "3", "--commit-every", "10", "--step-seconds", "0.1"])
+        .args(["--epochs", "3", "--commit-every", "10", "--step-seconds", step_seconds])
         .output()
         .unwrap();
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -146,12 +147,14 @@ fn simulate_verifies(script: &str, trace: &str) {
 
 #[test]
 fn torch_example_passes_simulate_verify() {
-    simulate_verifies(PLAIN, "9 soft\n20 hard\n");
+    // 84 steps of 0.1 s after a ~5 s start: attempt 2 (from ~10 s) needs more than 6 s.
+    simulate_verifies(PLAIN, "0.1", "9 soft\n16 hard\n");
 }
 
 #[test]
 fn lightning_example_passes_simulate_verify() {
-    simulate_verifies(LIGHTNING, "17 soft\n36 hard\n");
+    // 84 steps of 0.15 s after a ~11 s start: attempt 2 (from ~18 s) needs more than 12 s.
+    simulate_verifies(LIGHTNING, "0.15", "17 soft\n30 hard\n");
 }
 
 /// The test above has teeth: the same comparison catches a trainer that resumes the
