@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit torture bench dist clean venv tools fuzz
+.PHONY: all build demo test unit torture bench dist clean venv tools fuzz gpu-check
 
 all: build
 
@@ -65,8 +65,10 @@ clean:
 # A portable baton for old execute points (x86_64, glibc >= 2.17: EL7 and later, needing
 # only glibc): target/dist/baton. Installs zig and cargo-zigbuild under target/dist-venv,
 # builds in target/dist, and fails unless the GLIBC and shared-library checks pass.
+# Then the trainer helper's wheel (python/): target/dist/baton_ckpt-<version>-py3-none-any.whl.
 dist:
 	bash scripts/dist.sh
+	bash scripts/wheel.sh
 
 # R4 of the torture suite: each cargo-fuzz target (manifest, classad, chirp, propfind,
 # store_url) for FUZZ_SECONDS seconds; fails on any crash. Needs nightly (installed with
@@ -74,3 +76,10 @@ dist:
 FUZZ_SECONDS ?= 60
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The torch example on a real GPU (docs/pytorch.md): uninterrupted; evicted GPU -> CPU ->
+# GPU; GPU only; and SIGTERM-to-durable-manifest seconds for a model of GPU_CHECK_GIB GiB
+# (default 2; 3x with Adam). Under 8 minutes on one GPU; writes docs/gpu.md.
+gpu-check: venv
+	cargo build --release
+	bash scripts/gpu_check.sh

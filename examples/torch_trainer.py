@@ -19,6 +19,8 @@ except ImportError:     # run from a checkout: the helper lives in python/
     import baton_ckpt as bc
 
 bc.install_signal_handlers()    # baton: before the slow imports below
+# Deterministic cuBLAS (needed by use_deterministic_algorithms on a GPU; unused on CPU).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import argparse
 import hashlib
