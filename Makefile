@@ -6,17 +6,18 @@ PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit torture bench bench-tools dist clean venv tools fuzz
+.PHONY: all build demo test unit torture bench bench-tools dist clean venv tools fuzz gpu-check
 
 all: build
 
 build:
 	cargo build --release
 
-# Python tools the tests need (moto's S3 server), in a local virtualenv.
-$(VENV)/.installed: requirements-test.txt
+# Python tools the tests need (moto's S3 server; torch, Lightning and scikit-learn for
+# tests/torch.rs), in a local virtualenv. torch alone is about 1.5 minutes and 5 GB.
+$(VENV)/.installed: requirements-test.txt requirements-torch.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt -r requirements-torch.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -68,8 +69,10 @@ clean:
 # A portable baton for old execute points (x86_64, glibc >= 2.17: EL7 and later, needing
 # only glibc): target/dist/baton. Installs zig and cargo-zigbuild under target/dist-venv,
 # builds in target/dist, and fails unless the GLIBC and shared-library checks pass.
+# Then the trainer helper's wheel (python/): target/dist/baton_ckpt-<version>-py3-none-any.whl.
 dist:
 	bash scripts/dist.sh
+	bash scripts/wheel.sh
 
 # R4 of the torture suite: each cargo-fuzz target (manifest, classad, chirp, propfind,
 # store_url) for FUZZ_SECONDS seconds; fails on any crash. Needs nightly (installed with
@@ -77,3 +80,10 @@ dist:
 FUZZ_SECONDS ?= 60
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The torch example on a real GPU (docs/pytorch.md): uninterrupted; evicted GPU -> CPU ->
+# GPU; GPU only; and SIGTERM-to-durable-manifest seconds for a model of GPU_CHECK_GIB GiB
+# (default 2; 3x with Adam). Under 8 minutes on one GPU; writes docs/gpu.md.
+gpu-check: venv
+	cargo build --release
+	bash scripts/gpu_check.sh

@@ -27,6 +27,8 @@ mod simulate;
 mod starter;
 // Store semantics: content-addressed chunks shared across runs, manifests as the commit, one writer wins.
 mod store;
+// PyTorch and Lightning trainers with the python/ helper: evicted runs end bit-exact, resume with the next batch, CUDA checkpoints load on CPU.
+mod torch;
 // The torture suite (docs/reliability.md): seeded kills, storage faults, signals, races and load, counted.
 mod torture;
 // The submit files in docs/htcondor.md: valid submit language, and arguments baton accepts.

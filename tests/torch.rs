@@ -1,0 +1,263 @@
+//! Real PyTorch and Lightning trainers (examples/torch_trainer.py, lightning_trainer.py)
+//! with the helper package (python/baton_ckpt.py) under the real binary: evicted runs end
+//! bit-exact, resume with the very next batch, and load CUDA-written checkpoints on CPU.
+//! torch, Lightning and scikit-learn come from `make test`'s .venv (requirements-torch.txt).
+
+use crate::common::*;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("BATON_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(p.exists(), "{} not found: run the tests with `make test`, which installs torch into .venv", p.display());
+    p
+}
+
+fn example(name: &str) -> String {
+    root().join("examples").join(name).to_str().unwrap().to_string()
+}
+
+/// 3 epochs of 28 steps (64 of the 1,797 digits each), a commit every 10 steps.
+const PLAIN: &str = "torch_trainer.py";
+const LIGHTNING: &str = "lightning_trainer.py";
+const ARGS: &[&str] = &["--epochs", "3", "--commit-every", "10", "--trace"];
+
+/// An uninterrupted run without baton: (digest, the `batch` trace lines).
+fn reference(script: &str, args: &[&str]) -> (String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(python())
+        .arg(example(script))
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("BATON_SOCKET")
+        .env_remove("BATON_CHECKPOINT_DIR")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "reference run of {script} failed:\n{err}");
+    (digest_of(&out.stdout).expect("no digest"), batch_lines(&err))
+}
+
+fn batch_lines(log: &str) -> Vec<String> {
+    log.lines().filter_map(|l| l.strip_prefix("trainer: batch ").map(str::to_string)).collect()
+}
+
+/// One `baton run` attempt on a new empty slot. With `evict_at`, SIGTERM goes to baton as
+/// soon as the trainer prints a line containing it. Returns (status code, stdout, stderr).
+fn attempt(store: &str, run: &str, device: &str, cmd: &[String], evict_at: Option<&str>) -> (Option<i32>, String, String) {
+    let slot = tempfile::tempdir().unwrap();
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let mut child = spawn_run(slot.path(), store, run, &[], &["--device", device, "--vacate-window", "60s"], &cmd);
+    let mut stdout = child.stdout.take().unwrap();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut err = String::new();
+    let mut signalled = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(marker) = evict_at {
+            if !signalled && line.contains(marker) {
+                send_signal(child.id(), libc::SIGTERM);
+                signalled = true;
+            }
+        }
+        err.push_str(&line);
+        err.push('\n');
+    }
+    let status = wait_with_timeout(&mut child, Duration::from_secs(120));
+    if let Some(marker) = evict_at {
+        assert!(signalled, "the trainer never printed {marker:?}:\n{err}");
+    }
+    (status.code(), out_thread.join().unwrap(), err)
+}
+
+/// The issue's scenario: evicted once right after a commit and once between commits,
+/// each time mid-epoch, restarted on a new empty slot with another device, then finished.
+fn evicted_twice_ends_bit_exact(script: &str, first: &str, second: &str) {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let mut cmd = vec![python().to_str().unwrap().to_string(), example(script)];
+    cmd.extend(ARGS.iter().map(|a| a.to_string()));
+    cmd.extend(["--step-seconds".into(), "0.05".into()]);
+
+    let (code, _, log1) = attempt(s, "t", "NVIDIA A100-SXM4-40GB", &cmd, Some(first));
+    assert_eq!(code, Some(143), "attempt 1:\n{log1}");
+    let (code, _, log2) = attempt(s, "t", "Tesla T4", &cmd, Some(second));
+    assert_eq!(code, Some(143), "attempt 2:\n{log2}");
+    let (code, out, log3) = attempt(s, "t", "cpu", &cmd, None);
+    let logs = format!("--- 1 ---\n{log1}--- 2 ---\n{log2}--- 3 ---\n{log3}");
+    assert_eq!(code, Some(0), "{logs}");
+
+    let (want, want_batches) = reference(script, ARGS);
+    assert_eq!(digest_of(out.as_bytes()).as_deref(), Some(want.as_str()), "weights differ from the uninterrupted run\n{logs}");
+    // Every step any attempt took is the step the uninterrupted run took at that position:
+    // same samples, same loss bits (dropout masks from the restored RNG).
+    for line in batch_lines(&logs) {
+        let pos: Vec<_> = line.split(' ').take(2).collect();
+        let same = want_batches.iter().find(|w| w.split(' ').take(2).eq(pos.iter().copied()));
+        assert_eq!(same, Some(&line), "a step differs from the uninterrupted run\n{logs}");
+    }
+    assert!(log1.contains("saved at epoch 0") && log2.contains("saved at epoch 1"), "{logs}");
+    assert!(log2.contains("prev_device=NVIDIA A100-SXM4-40GB"), "{log2}");
+    assert!(log3.contains("prev_device=Tesla T4"), "{log3}");
+    let out = baton().args(["verify", "--store", s, "t"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn torch_example_evicted_twice_ends_bit_exact() {
+    evicted_twice_ends_bit_exact(PLAIN, "committed epoch 0 step 10", "batch 1 14 ");
+}
+
+#[test]
+fn lightning_example_evicted_twice_ends_bit_exact() {
+    evicted_twice_ends_bit_exact(LIGHTNING, "committed epoch 0 step 10", "batch 1 14 ");
+}
+
+/// `baton simulate --verify`: a soft and a hard eviction (from a trace, so the schedule
+/// is the same on every machine; the steps are slow enough that no attempt can finish
+/// before its eviction, however fast the machine), then compared with an uninterrupted run, final
+/// checkpoint file and digest. CPU slots only: a simulated GPU slot sets
+/// CUDA_VISIBLE_DEVICES, which on a machine with a GPU would move the arithmetic there.
+fn simulate_verifies(script: &str, step_seconds: &str, trace: &str) {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("trace.txt"), trace).unwrap();
+    let out = baton()
+        .current_dir(work.path())
+        .args(["simulate", "--store", "store", "--work-dir", "sim", "--json", "--trace", "trace.txt"])
+        .args(["--slots", "cpu", "--vacate-window", "30s", "--verify", "--"])
+        .arg(python())
+        .arg(example(script))
+        .args(["--epochs", "3", "--commit-every", "10", "--step-seconds", step_seconds])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{err}\n{r}", out.status);
+    assert_eq!(r["completed"], true, "{r}");
+    assert_eq!(r["verify"]["pass"], true, "{}", r["verify"]);
+    let t = &r["totals"];
+    assert!(t["soft"].as_u64() == Some(1) && t["hard"].as_u64() == Some(1), "{t}");
+}
+
+#[test]
+fn torch_example_passes_simulate_verify() {
+    // 84 steps of 0.1 s after a ~5 s start: attempt 2 (from ~10 s) needs more than 6 s.
+    simulate_verifies(PLAIN, "0.1", "9 soft\n16 hard\n");
+}
+
+#[test]
+fn lightning_example_passes_simulate_verify() {
+    // 84 steps of 0.15 s after a ~11 s start: attempt 2 (from ~18 s) needs more than 12 s.
+    simulate_verifies(LIGHTNING, "0.15", "17 soft\n30 hard\n");
+}
+
+/// The test above has teeth: the same comparison catches a trainer that resumes the
+/// weights and the optimizer but not the sampler position, or not the RNG states.
+#[test]
+fn a_resume_without_sampler_or_rng_state_is_caught() {
+    let (_, want) = reference(PLAIN, ARGS);
+    for bug in ["no-sampler", "no-rng"] {
+        let store = tempfile::tempdir().unwrap();
+        let s = store.path().to_str().unwrap();
+        let mut cmd = vec![python().to_str().unwrap().to_string(), example(PLAIN)];
+        cmd.extend(ARGS.iter().map(|a| a.to_string()));
+        cmd.extend(["--step-seconds".into(), "0.02".into(), "--bug".into(), bug.into()]);
+        let (code, _, log1) = attempt(s, bug, "cpu", &cmd, Some("batch 0 14 "));
+        assert_eq!(code, Some(143), "{log1}");
+        let (code, _, log2) = attempt(s, bug, "cpu", &cmd, None);
+        assert_eq!(code, Some(0), "{log2}");
+        let resumed = batch_lines(&log2);
+        let first = resumed.first().expect("the resumed attempt trained nothing");
+        let at: Vec<_> = first.split(' ').take(2).collect();
+        let expected = want.iter().find(|w| w.split(' ').take(2).eq(at.iter().copied())).unwrap();
+        let field = if bug == "no-sampler" { 2 } else { 3 };
+        assert_ne!(first.split(' ').nth(field), expected.split(' ').nth(field), "--bug {bug} went unnoticed:\n{log2}");
+    }
+}
+
+/// A checkpoint whose tensors were saved from cuda:0 (every storage tagged `cuda:0` by
+/// fixtures/as_if_on_cuda.py, as a GPU run writes them) resumes on a CPU-only slot:
+/// plain torch.load of the file fails here, baton_ckpt's map_location path loads it, and
+/// the resumed run ends bit-exact (the arithmetic of the "GPU" attempt ran on the CPU).
+#[test]
+fn a_checkpoint_written_on_cuda_resumes_on_a_cpu_slot() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let args: Vec<String> = ARGS.iter().map(|a| a.to_string()).chain(["--step-seconds".into(), "0.02".into()]).collect();
+    let gpu: Vec<String> =
+        [python().to_str().unwrap().to_string(), root().join("fixtures/as_if_on_cuda.py").to_str().unwrap().into(), example(PLAIN)]
+            .into_iter()
+            .chain(args.iter().cloned())
+            .collect();
+    let (code, _, log1) = attempt(s, "cuda", "NVIDIA A100-SXM4-40GB", &gpu, Some("committed epoch 0 step 20"));
+    assert_eq!(code, Some(143), "{log1}");
+
+    // What the GPU attempt left in the store really is a CUDA checkpoint.
+    let restored = tempfile::tempdir().unwrap();
+    let to = restored.path().join("ckpt");
+    let out = baton().args(["restore", "--store", s, "cuda", "--to", to.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let check = r#"
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+import baton_ckpt as bc
+path = sys.argv[1] + "/train.pt"
+try:
+    torch.load(path, weights_only=True)
+    sys.exit("plain torch.load read a cuda:0 checkpoint without CUDA: the fixture proves nothing")
+except RuntimeError as e:
+    assert "CUDA" in str(e), e
+state = bc.load(directory=sys.argv[1])
+devices = {t.device.type for t in state["model"].values()}
+assert devices == {"cpu"}, devices
+print("ok")
+"#;
+    let out = Command::new(python()).args(["-c", check, to.to_str().unwrap(), root().join("python").to_str().unwrap()]).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), "ok", "{}", text(&out.stderr));
+
+    let mut cpu = vec![python().to_str().unwrap().to_string(), example(PLAIN)];
+    cpu.extend(args);
+    let (code, out, log2) = attempt(s, "cuda", "cpu", &cpu, None);
+    assert_eq!(code, Some(0), "{log2}");
+    assert!(log2.contains("prev_device=NVIDIA A100-SXM4-40GB"), "{log2}");
+    assert!(log2.contains("resumed at epoch 0 step 2"), "{log2}");
+    assert_eq!(digest_of(out.as_bytes()), Some(reference(PLAIN, ARGS).0), "{log1}\n{log2}");
+}
+
+/// Without baton's environment the helper neither crashes nor claims a commit: commit()
+/// returns False and says so once; the trainer runs to the end in ./checkpoint.
+#[test]
+fn the_helper_outside_baton_commits_nothing_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import baton_ckpt as bc
+assert "torch" not in sys.modules, "the core imported torch"
+assert not bc.under_baton()
+assert bc.commit(epoch=1, step=2, loss="0.5") is False
+assert bc.commit() is False
+r = bc.restored()
+assert (r.seq, r.epoch, r.step, r.prev_device, r.attempt) == (None, None, None, None, 1), r
+assert bc.checkpoint_dir().endswith("/checkpoint")
+bc.install_signal_handlers()
+assert not bc.eviction_requested()
+print("ok")
+"#;
+    let out = Command::new(python())
+        .args(["-c", check, root().join("python").to_str().unwrap()])
+        .current_dir(dir.path())
+        .env_remove("BATON_SOCKET")
+        .env_remove("BATON_CHECKPOINT_DIR")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout).trim(), "ok", "{err}");
+    assert_eq!(err.matches("nothing is committed").count(), 1, "{err}");
+}
