@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
-PY=$ROOT/.venv/bin/python
+PY=${GPU_CHECK_PY:-$ROOT/.venv/bin/python}
+# A GPU machine may have torch in its system python and no .venv.
+[[ -x $PY ]] || PY=$(command -v python3)
 BATON=$ROOT/target/release/baton
 W=${GPU_CHECK_DIR:-$ROOT/target/gpu-check}
 GIB=${GPU_CHECK_GIB:-2}
@@ -19,7 +21,7 @@ ARGS=(--epochs 3 --commit-every 10 --step-seconds 0.05)
 say() { printf 'gpu-check: %s\n' "$*" >&2; }
 die() { printf 'gpu-check: FAILED: %s\n' "$*" >&2; exit 1; }
 
-[[ -x $PY ]] || die "$PY missing: make venv"
+[[ -x $PY ]] || die "no python with torch: make venv"
 [[ -x $BATON ]] || die "$BATON missing: cargo build --release"
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || die "torch sees no GPU here"
 GPU=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))')
