@@ -66,22 +66,28 @@ attempt "$W/store-c" c "" "committed epoch 0 step 10" >/dev/null
 attempt "$W/store-c" c "" "committed epoch 1 step 10" >/dev/null
 C=$(attempt "$W/store-c" c "")
 
-COMPARE=$("$PY" - "$W/a/checkpoint/train.pt" "$B/checkpoint/train.pt" "$C/checkpoint/train.pt" <<'PYEOF'
-import sys, torch
+COMPARE=$("$PY" - "$W/a/checkpoint/train.pt" "$B/checkpoint/train.pt" "$C/checkpoint/train.pt" "$W/a/stderr.log" "$B/stderr.log" <<'PYEOF'
+import re, sys, torch
 load = lambda p: torch.load(p, map_location="cpu", weights_only=True)["model"]
 a, b, c = (load(p) for p in sys.argv[1:4])
+def last_loss(path):
+    found = re.findall(r"loss ([0-9.]+)", open(path).read())
+    return float(found[-1]) if found else float("nan")
+la, lb = last_loss(sys.argv[4]), last_loss(sys.argv[5])
 def diff(x, y):
     m = max((x[k].double() - y[k].double()).abs().max().item() for k in x)
     r = max(((x[k].double() - y[k].double()).norm() / x[k].double().norm()).item() for k in x)
     exact = all(torch.equal(x[k], y[k]) for k in x)
     return exact, m, r
 eb, mb, rb = diff(a, b); ec, mc, rc = diff(a, c)
-print(f"| B: GPU, CPU, GPU | {'yes' if eb else 'no'} | {mb:.3e} | {rb:.3e} |")
-print(f"| C: GPU only | {'yes' if ec else 'no'} | {mc:.3e} | {rc:.3e} |")
-# C must be bit-exact (same GPU, deterministic algorithms). B crosses devices: within
-# 5% relative L2 per tensor (a few hundred Adam steps of a 64-unit MLP from identical
-# states; float32 rounding differences between CPU and GPU kernels grow, but slowly).
-sys.exit(0 if ec and rb < 0.05 else 3)
+print(f"| A: GPU, uninterrupted | yes | 0 | 0 | {la:.4f} |")
+print(f"| B: GPU, CPU, GPU | {'yes' if eb else 'no'} | {mb:.3e} | {rb:.3e} | {lb:.4f} |")
+print(f"| C: GPU only | {'yes' if ec else 'no'} | {mc:.3e} | {rc:.3e} | {la if ec else float('nan'):.4f} |")
+# C must be bit-exact (same GPU, deterministic algorithms). B cannot be close in weights:
+# its CPU segment draws dropout masks from the CPU generator, not CUDA's (the streams
+# differ by design), so from the first CPU step it follows another trajectory. What B
+# must show is that the resumed run trained on: its final loss within 25% of A's.
+sys.exit(0 if ec and abs(lb - la) <= 0.25 * la else 3)
 PYEOF
 ) && verdict=PASS || verdict=FAIL
 say "weights: $verdict"
@@ -120,13 +126,16 @@ Command: \`make gpu-check\` (\`GPU_CHECK_GIB=$GIB\`).
 
 3 epochs, a commit every 10 steps, evicted by SIGTERM after a commit and between commits.
 
-| Run | bit-exact | max abs diff | max relative L2 per tensor |
-| --- | --- | --- | --- |
+| Run | bit-exact with A | max abs diff | max relative L2 per tensor | final loss |
+| --- | --- | --- | --- | --- |
 $COMPARE
 
-Verdict: **$verdict** (C must be bit-exact: one GPU model, deterministic algorithms;
-B within 5% relative L2: the CPU segment uses other kernels, so its float32 rounding
-differs and the difference grows through the remaining steps; see docs/pytorch.md).
+Verdict: **$verdict**. C must be bit-exact: one GPU model, deterministic algorithms,
+every RNG state restored. B cannot be close in weights, and is not expected to be: its
+CPU segment draws dropout masks from the CPU generator, whose stream differs from CUDA's
+by design (and CPU kernels round float32 differently), so from its first CPU step it
+follows another trajectory; B must train on to a final loss within 25% of A's (see
+docs/pytorch.md, "what is bit-exact").
 
 ## SIGTERM to a durable manifest, $size
 
