@@ -261,3 +261,22 @@ print("ok")
     assert_eq!(text(&out.stdout).trim(), "ok", "{err}");
     assert_eq!(err.matches("nothing is committed").count(), 1, "{err}");
 }
+
+/// The helper's parts the trainers above do not reach (python/tests/test_helpers.py):
+/// gradient-accumulation planning, GradScaler state through save and resume, DataLoader
+/// workers that outlive the forwarded SIGTERM (and a control showing a worker without
+/// the helper dies of it).
+#[test]
+fn helper_unit_tests_pass_with_real_torch() {
+    let out = Command::new(python())
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(root().join("python/tests"))
+        .arg("-v")
+        .env_remove("BATON_CHECKPOINT_DIR")
+        .env_remove("BATON_SOCKET")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Ran 5 tests") && !err.contains("skipped"), "{err}");
+}
