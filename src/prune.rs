@@ -5,7 +5,7 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::error::{Classify, ErrorKind, Failure};
+use crate::error::{ErrorKind, Failure};
 use crate::identity::RunId;
 use crate::restore::load_manifest;
 use crate::store::{parse_copy_name, Store};
@@ -97,12 +97,7 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
     }
     // A damage marker outlives its use once no copy of its chunk is left to be damaged.
     let doomed: HashSet<&str> = plan.doomed_chunks.iter().map(|(h, _)| h.as_str()).collect();
-    let markers = match store.damaged_chunks().await {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::Integrity => Default::default(),
-        Err(e) => return Err(e.into()),
-    };
-    for (hash, copy) in markers.iter() {
+    for (hash, copy) in store.damaged_chunks().await?.iter() {
         if doomed.contains(hash) || !stored.contains(hash) {
             plan.doomed_markers.push((hash.to_string(), copy));
         }

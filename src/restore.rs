@@ -124,10 +124,8 @@ pub async fn check_chunk(store: &Store, hash: &str, size: u64) -> Result<Option<
     match fetch_chunk(store, 0, "", hash.to_string(), size).await {
         Ok(_) => Ok(None),
         Err(RestoreError::Unavailable { source, .. }) => Err(source),
-        Err(e @ RestoreError::File { .. }) | Err(e @ RestoreError::Manifest { .. }) => Ok(Some(match e {
-            RestoreError::File { detail, .. } => detail,
-            other => other.to_string(),
-        })),
+        Err(RestoreError::File { detail, .. }) => Ok(Some(detail)),
+        Err(other) => Ok(Some(other.to_string())),
     }
 }
 

@@ -117,16 +117,6 @@ async fn put_one(store: &Store, known: &KnownChunks, marked: &Damaged, data: Vec
     Ok(ChunkOut { hash, size, new, stored: if new { stored } else { 0 } })
 }
 
-/// The damage markers in the store (see `store::damage`), read once per upload. A store
-/// that cannot list them (a write-once store's missing `damaged/` collection) has none.
-async fn markers(store: &Store) -> anyhow::Result<Damaged> {
-    match store.damaged_chunks().await {
-        Ok(d) => Ok(d),
-        Err(e) if e.kind() == ErrorKind::Integrity => Ok(Damaged::default()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 enum Piece {
     Chunk(Vec<u8>),
     End { sha256: String, size: u64 },
@@ -187,8 +177,8 @@ pub async fn upload(
     let mut sizes = Sizes { capture_seconds: snap.seconds, ..Default::default() };
     let mut files = Vec::with_capacity(snap.files.len());
     let window = settings.concurrency.max(1);
-    let marked = markers(store).await?;
-    let marked = &marked;
+    // The damage markers (see `store::damage`), read once per upload.
+    let marked = &store.damaged_chunks().await?;
     for f in &snap.files {
         let rx = spawn_reader(snap.dir.join(&f.rel), window);
         let mut pieces = tokio_stream_from(rx)

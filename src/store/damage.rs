@@ -114,10 +114,16 @@ impl Store {
         }
     }
 
-    /// Every marker in the store.
+    /// Every marker in the store. A store that cannot list `damaged/` because it was never
+    /// made (a write-once store's missing collection) has none.
     pub async fn damaged_chunks(&self) -> Result<Damaged> {
         let mut found = Damaged::default();
-        for o in self.backend.list(MARKERS).await? {
+        let listed = match self.backend.list(MARKERS).await {
+            Ok(listed) => listed,
+            Err(e) if e.kind() == ErrorKind::Integrity => return Ok(found),
+            Err(e) => return Err(e),
+        };
+        for o in listed {
             if let Some((hash, copy)) = o.key.strip_prefix(MARKERS).and_then(parse_copy_name) {
                 found.insert(hash, copy);
             }
