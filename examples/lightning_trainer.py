@@ -33,7 +33,10 @@ except ImportError:
 
 
 def log(msg):
-    print(f"trainer: {msg}", file=sys.stderr, flush=True)
+    # One write per line: baton logs to the same stderr, and print() writes the text and
+    # its newline separately, so a baton line could land between them (seen in a test).
+    sys.stderr.write(f"trainer: {msg}\n")
+    sys.stderr.flush()
 
 
 class Digits(pl.LightningModule):
