@@ -9,9 +9,40 @@
 
 use sha2::{Digest, Sha256};
 
-pub const MIN_CHUNK: u32 = 256 * 1024;
-pub const AVG_CHUNK: u32 = 1024 * 1024;
-pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
+/// How a file is cut: FastCDC's minimum, average and maximum chunk sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+/// Files under this size are cut small, larger ones large.
+pub const LARGE_FILE: u64 = 64 << 20;
+/// Small files (configs, tokenizers, a small model): fine-grained sharing.
+pub const SMALL_CUT: Cut = Cut { min: 256 << 10, avg: 1 << 20, max: 4 << 20 };
+/// Large files (weights, optimizer state): every chunk is an object and a request, and a
+/// local S3 server spends ~50% more CPU per byte serving 1 MiB objects than 16 MiB ones
+/// (docs/benchmarks-tools.md); on a real object store each request also pays a round
+/// trip. 4 MiB on average is the largest FastCDC allows, and still shares all but the
+/// changed regions of a checkpoint that changed in places. The maximum bounds memory:
+/// each file being read holds a buffer of it.
+pub const LARGE_CUT: Cut = Cut { min: 1 << 20, avg: 4 << 20, max: 8 << 20 };
+/// The largest chunk a manifest may list (format 2); format 1 wrote at most 4 MiB.
+/// Larger than this baton cuts, so that a later baton may cut larger.
+pub const MAX_CHUNK: u32 = 16 << 20;
+pub const MAX_CHUNK_FORMAT_1: u32 = SMALL_CUT.max;
+
+/// The cut for a file of `size` bytes: a function of the size alone, so that a file cut
+/// again, here or by another baton, or changed in places, gives the same chunks (a file
+/// that grows across [`LARGE_FILE`] is cut differently once).
+pub fn cut_for(size: u64) -> Cut {
+    if size >= LARGE_FILE {
+        LARGE_CUT
+    } else {
+        SMALL_CUT
+    }
+}
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// Keep the compressed form only if it saves at least 1/8 of the bytes. zstd -1 runs at
@@ -69,9 +100,15 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// Split a reader into content-defined chunks without holding more than one in memory.
-pub fn chunks<R: std::io::Read>(reader: R) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
-    fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK as usize, AVG_CHUNK as usize, MAX_CHUNK as usize).map(|r| {
+/// Split a reader of a file of `size` bytes into content-defined chunks without holding
+/// more than one in memory.
+pub fn chunks<R: std::io::Read>(reader: R, size: u64) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+    chunks_with(reader, cut_for(size))
+}
+
+/// Split a reader with a given cut (repair tries the cut an older baton used).
+pub fn chunks_with<R: std::io::Read>(reader: R, cut: Cut) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+    fastcdc::v2020::StreamCDC::new(reader, cut.min as usize, cut.avg as usize, cut.max as usize).map(|r| {
         r.map(|c| c.data).map_err(|e| match e {
             fastcdc::v2020::Error::IoError(io) => io,
             other => std::io::Error::other(other.to_string()),
@@ -256,9 +293,36 @@ mod tests {
     #[test]
     fn chunks_cover_the_input_exactly() {
         let data: Vec<u8> = (0..9_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let parts: Vec<Vec<u8>> = chunks(&data[..]).collect::<Result<_, _>>().unwrap();
+        let parts: Vec<Vec<u8>> = chunks(&data[..], data.len() as u64).collect::<Result<_, _>>().unwrap();
         assert!(parts.len() > 2);
-        assert!(parts.iter().all(|p| p.len() <= MAX_CHUNK as usize));
+        assert!(parts.iter().all(|p| p.len() <= SMALL_CUT.max as usize));
         assert_eq!(parts.concat(), data);
+    }
+
+    #[test]
+    fn large_files_are_cut_in_larger_chunks_that_still_share_unchanged_regions() {
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let data: Vec<u8> = (0..(80usize << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let cut = |d: &[u8]| -> Vec<Vec<u8>> { chunks(d, d.len() as u64).collect::<Result<_, _>>().unwrap() };
+        let parts = cut(&data);
+        assert!(parts.iter().all(|p| p.len() <= LARGE_CUT.max as usize));
+        let avg = data.len() / parts.len();
+        assert!(avg >= 3 << 20, "large files average {avg} bytes a chunk");
+        assert_eq!(parts.concat(), data);
+        // Change 1 MiB in the middle: all but the chunks around it are the same.
+        let mut changed = data.clone();
+        changed[40 << 20..41 << 20].fill(0);
+        let before: std::collections::HashSet<_> = parts.iter().map(|p| sha256_hex(p)).collect();
+        let after = cut(&changed);
+        let new: usize = after.iter().filter(|p| !before.contains(&sha256_hex(p))).map(|p| p.len()).sum();
+        assert!(new <= 40 << 20 >> 2, "{new} bytes of new chunks for 1 MiB changed");
+        assert!(new >= 1 << 20);
     }
 }

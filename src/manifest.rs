@@ -5,9 +5,14 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
-use crate::chunking::MAX_CHUNK;
+use crate::chunking::{MAX_CHUNK, MAX_CHUNK_FORMAT_1};
 
-pub const FORMAT: u32 = 1;
+/// The format this baton writes. 1: chunks of at most 4 MiB (3479efb and before);
+/// 2: files of 64 MiB and more cut larger (chunks of up to 8 MiB written, 16 MiB
+/// accepted). Both are read.
+pub const FORMAT: u32 = 2;
+/// The oldest format this baton reads.
+pub const OLDEST_FORMAT: u32 = 1;
 /// Bounds on what a manifest may ask restore to do.
 const MAX_FILES: usize = 1_000_000;
 /// Linux's PATH_MAX (4096, with the terminating NUL) and NAME_MAX: a path past either
@@ -100,7 +105,7 @@ pub struct Manifest {
 pub enum ManifestError {
     #[error("not a baton manifest: {0}")]
     Parse(String),
-    #[error("unsupported manifest format {0} (this baton reads format {FORMAT}); upgrade baton")]
+    #[error("unsupported manifest format {0} (this baton reads formats {OLDEST_FORMAT} to {FORMAT}); upgrade baton")]
     Format(u32),
     #[error("manifest is for run {found:?} / seq {found_seq}, but it is stored as run {expected:?} / seq {expected_seq}")]
     Misplaced { expected: String, expected_seq: u64, found: String, found_seq: u64 },
@@ -151,7 +156,7 @@ impl Manifest {
     /// Parse and validate a manifest read from `runs/<run>/checkpoints/<seq>.json`.
     pub fn from_store(bytes: &[u8], run: &str, seq: u64) -> Result<Manifest, ManifestError> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
-        if m.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&m.format) {
             return Err(ManifestError::Format(m.format));
         }
         if m.run_id != run || m.seq != seq {
@@ -175,6 +180,7 @@ impl Manifest {
                 return Err(ManifestError::BadEntry { path: f.path.clone(), why: "sha256 is not 64 hex digits".into() });
             }
             let mut total: u64 = 0;
+            let max_chunk = if self.format == 1 { MAX_CHUNK_FORMAT_1 } else { MAX_CHUNK };
             for c in &f.chunks {
                 if !is_hex_hash(&c.hash) {
                     return Err(ManifestError::BadEntry {
@@ -182,7 +188,7 @@ impl Manifest {
                         why: format!("chunk hash {:?} is not 64 hex digits", c.hash),
                     });
                 }
-                if c.size == 0 || c.size > MAX_CHUNK as u64 {
+                if c.size == 0 || c.size > max_chunk as u64 {
                     return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("chunk size {} is out of range", c.size) });
                 }
                 total = total
@@ -281,6 +287,22 @@ mod tests {
         m.files[0].chunks[0].size = MAX_CHUNK as u64 + 1;
         m.files[0].size = m.files[0].chunks[0].size;
         assert!(m.validate().is_err(), "oversized chunk");
+    }
+
+    #[test]
+    fn reads_both_formats_with_each_ones_chunk_limit() {
+        let mut m = sample();
+        m.files[0].chunks[0].size = MAX_CHUNK_FORMAT_1 as u64 + 1;
+        m.files[0].size = m.files[0].chunks[0].size;
+        assert_eq!(Manifest::from_store(&m.to_bytes(), "r", 1).unwrap(), m, "format 2 allows chunks over 4 MiB");
+        m.format = 1;
+        assert!(Manifest::from_store(&m.to_bytes(), "r", 1).is_err(), "format 1 never had them");
+        m.files[0].chunks[0].size = 3;
+        m.files[0].size = 3;
+        assert_eq!(Manifest::from_store(&m.to_bytes(), "r", 1).unwrap(), m, "format 1 is read");
+        m.format = 3;
+        let e = Manifest::from_store(&m.to_bytes(), "r", 1).unwrap_err().to_string();
+        assert!(e.contains("upgrade baton"), "{e}");
     }
 
     #[test]

@@ -143,20 +143,36 @@ fn chunks_in_dir(dir: &Path, mut wanted: BTreeMap<String, u64>, tx: tokio::sync:
             if !kind.is_file() {
                 continue;
             }
-            let file = match std::fs::File::open(entry.path()) {
-                Ok(f) => f,
+            let path = entry.path();
+            let size = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
                 Err(e) => {
-                    tracing::warn!("skipping {}: {e}", entry.path().display());
+                    tracing::warn!("skipping {}: {e}", path.display());
                     continue;
                 }
             };
-            for chunk in chunking::chunks(std::io::BufReader::with_capacity(1 << 20, file)) {
-                let chunk = chunk.map_err(|e| anyhow::anyhow!("{}: {e}", entry.path().display()))?;
-                let hash = chunking::sha256_hex(&chunk);
-                if wanted.get(&hash) == Some(&(chunk.len() as u64)) {
-                    wanted.remove(&hash);
-                    if tx.blocking_send((hash, chunk)).is_err() || wanted.is_empty() {
-                        return Ok(());
+            // The cut this baton uses for the size, then the one format 1 used for every
+            // file (a damaged checkpoint may be older than the large cut).
+            let mut cuts = vec![chunking::cut_for(size)];
+            if cuts[0] != chunking::SMALL_CUT {
+                cuts.push(chunking::SMALL_CUT);
+            }
+            for cut in cuts {
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!("skipping {}: {e}", path.display());
+                        break;
+                    }
+                };
+                for chunk in chunking::chunks_with(std::io::BufReader::with_capacity(1 << 20, file), cut) {
+                    let chunk = chunk.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let hash = chunking::sha256_hex(&chunk);
+                    if wanted.get(&hash) == Some(&(chunk.len() as u64)) {
+                        wanted.remove(&hash);
+                        if tx.blocking_send((hash, chunk)).is_err() || wanted.is_empty() {
+                            return Ok(());
+                        }
                     }
                 }
             }

@@ -129,72 +129,230 @@ pub async fn check_chunk(store: &Store, hash: &str, size: u64) -> Result<Option<
     }
 }
 
-/// The read pipeline every reader shares (restore writes the bytes to a file, verify
-/// discards them): fetch and decode up to `concurrency` chunks at once, in order, while
-/// one blocking thread hashes the file and hands its bytes to `out`. The file's size
-/// and sha256 must match the manifest.
-async fn read_file<W: Write + Send + 'static>(
-    store: &Store,
-    seq: u64,
-    f: &FileEntry,
-    out: W,
-    concurrency: usize,
-    known: &KnownChunks,
-) -> Result<W, RestoreError> {
-    let err = |detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(concurrency.max(1));
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, W)> {
-        let mut out = out;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        while let Some(data) = rx.blocking_recv() {
-            hasher.update(&data);
-            out.write_all(&data)?;
-            written += data.len() as u64;
-        }
-        Ok((written, hex::encode(hasher.finalize()), out))
-    });
-    let mut fetches = futures::stream::iter(f.chunks.iter().cloned())
-        .map(|c| fetch_chunk(store, seq, &f.path, c.hash, c.size))
-        .buffered(concurrency.max(1));
-    let mut i = 0;
-    let mut fetched = Ok(());
-    while let Some(chunk) = fetches.next().await {
-        let data = match chunk {
-            Ok(d) => d,
-            Err(e) => {
-                if e.kind() == ErrorKind::Integrity {
-                    known.mark_damaged(&f.chunks[i].hash);
-                }
-                fetched = Err(e);
-                break;
-            }
-        };
-        known.insert(f.chunks[i].hash.clone());
-        i += 1;
-        if tx.send(data).await.is_err() {
-            break; // the writer failed; its error is reported below
-        }
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()));
-    fetched?;
-    let (written, digest, out) = written?;
-    if written != f.size || digest != f.sha256 {
-        return Err(err(format!("restored file has {written} bytes and sha256 {digest}; manifest says {} bytes and {}", f.size, f.sha256)));
-    }
-    Ok(out)
+/// Chunks fetched at once by default: enough to cover a few tens of milliseconds of
+/// round trip at several hundred MiB/s (docs/benchmarks-tools.md).
+pub const CONCURRENCY: usize = 16;
+/// Bytes of chunks fetched but not yet written, over all the files of a read: what
+/// bounds a restore's memory, whatever the chunk sizes and the concurrency.
+pub const WINDOW_BYTES: u64 = 32 << 20;
+/// Files written at once. Each is hashed whole, in order, on its own thread, so a
+/// checkpoint of weights and optimizer state keeps several hashers busy.
+const FILES_AT_ONCE: usize = 4;
+/// The window is counted in units of this many bytes (a semaphore's permits).
+const UNIT: u64 = 64 << 10;
+
+fn units(size: u64) -> u32 {
+    size.div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32
 }
 
-/// Create `f` inside `target` (never outside it, never through a link) and fill it.
-async fn write_file(
+/// A checked chunk on its way to its file's writer, holding its share of the window
+/// until it is written.
+struct Piece {
+    index: usize,
+    data: Vec<u8>,
+    _window: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Write one file's chunks in order as they arrive (in any order), hashing the whole file.
+fn spawn_writer<W: Write + Send + 'static>(
+    mut out: W,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Piece>,
+) -> tokio::task::JoinHandle<std::io::Result<(u64, String, W)>> {
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut next = 0usize;
+        let mut early = std::collections::BTreeMap::new();
+        while let Some(piece) = rx.blocking_recv() {
+            early.insert(piece.index, piece);
+            while let Some(piece) = early.remove(&next) {
+                hasher.update(&piece.data);
+                out.write_all(&piece.data)?;
+                written += piece.data.len() as u64;
+                next += 1;
+            }
+        }
+        Ok((written, hex::encode(hasher.finalize()), out))
+    })
+}
+
+/// Which chunk to fetch next: round robin over up to [`FILES_AT_ONCE`] files, in file
+/// order. Every chunk is issued after the chunks before it in its file, so a writer
+/// waiting for an earlier chunk waits only for one already in flight: the window
+/// cannot fill with chunks that wait on one that never gets a place.
+struct Schedule<'a> {
+    files: &'a [FileEntry],
+    next_file: usize,
+    active: Vec<(usize, usize)>,
+    turn: usize,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(files: &'a [FileEntry]) -> Self {
+        let mut s = Schedule { files, next_file: 0, active: Vec::new(), turn: 0 };
+        s.fill();
+        s
+    }
+
+    fn fill(&mut self) {
+        while self.active.len() < FILES_AT_ONCE && self.next_file < self.files.len() {
+            if !self.files[self.next_file].chunks.is_empty() {
+                self.active.push((self.next_file, 0));
+            }
+            self.next_file += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<(usize, usize)> {
+        self.active.get(self.turn % self.active.len().max(1)).copied()
+    }
+
+    fn advance(&mut self) {
+        let at = self.turn % self.active.len();
+        self.active[at].1 += 1;
+        if self.active[at].1 == self.files[self.active[at].0].chunks.len() {
+            self.active.remove(at);
+            self.fill();
+        } else {
+            self.turn = at + 1;
+        }
+    }
+}
+
+struct Writer<W> {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Piece>>,
+    /// Chunks handed over so far: the sender is closed after the file's last one, which
+    /// need not be its last chunk.
+    delivered: usize,
+    handle: tokio::task::JoinHandle<std::io::Result<(u64, String, W)>>,
+}
+
+/// The read pipeline every reader shares (restore writes the bytes to files, verify
+/// discards them): up to `concurrency` chunks of any of the files fetched, decoded and
+/// checked at once within [`WINDOW_BYTES`], each file written and hashed in order on
+/// its own thread. Every file's size and sha256 must match the manifest. `open` makes a
+/// file's output when its first chunk is about to be fetched.
+async fn read_files<W, O>(
     store: &Store,
     seq: u64,
-    target: &Path,
-    f: &FileEntry,
+    files: &[FileEntry],
+    mut open: O,
     concurrency: usize,
     known: &KnownChunks,
-) -> Result<(), RestoreError> {
+) -> Result<Vec<W>, RestoreError>
+where
+    W: Write + Send + 'static,
+    O: FnMut(&FileEntry) -> Result<W, RestoreError>,
+{
+    let err = |f: &FileEntry, detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
+    let mut writers: Vec<Option<Writer<W>>> = files.iter().map(|_| None).collect();
+    let mut order = Schedule::new(files);
+    type Fetched = (usize, usize, Result<Vec<u8>, RestoreError>, tokio::sync::OwnedSemaphorePermit);
+    let mut in_flight = futures::stream::FuturesUnordered::<futures::future::BoxFuture<'_, Fetched>>::new();
+    let mut failure: Option<RestoreError> = None;
+    loop {
+        let next = match failure {
+            None if in_flight.len() < concurrency.max(1) => order.peek(),
+            _ => None,
+        };
+        if next.is_none() && in_flight.is_empty() {
+            break;
+        }
+        let room = async {
+            match next {
+                Some((fi, ci)) => window.clone().acquire_many_owned(units(files[fi].chunks[ci].size)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some((fi, ci, fetched, permit)) = in_flight.next(), if !in_flight.is_empty() => {
+                let f: &FileEntry = &files[fi];
+                let hash = &f.chunks[ci].hash;
+                match fetched {
+                    Ok(data) => {
+                        known.insert(hash.clone());
+                        let piece = Piece { index: ci, data, _window: permit };
+                        if let Some(w) = writers[fi].as_mut() {
+                            // A writer that stopped has failed; its error is reported below.
+                            if w.tx.as_ref().is_none_or(|tx| tx.send(piece).is_err()) {
+                                failure.get_or_insert_with(|| err(f, "writing stopped".into()));
+                            }
+                            w.delivered += 1;
+                            if w.delivered == f.chunks.len() {
+                                w.tx = None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if e.kind() == ErrorKind::Integrity {
+                            known.mark_damaged(hash);
+                        }
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            permit = room => {
+                let Some((fi, ci)) = next else { continue };
+                let Ok(permit) = permit else { break }; // never closed
+                let f = &files[fi];
+                if writers[fi].is_none() {
+                    match open(f) {
+                        Ok(out) => {
+                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                            writers[fi] = Some(Writer { tx: Some(tx), delivered: 0, handle: spawn_writer(out, rx) });
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            continue;
+                        }
+                    }
+                }
+                order.advance();
+                let c = f.chunks[ci].clone();
+                in_flight.push(Box::pin(async move { (fi, ci, fetch_chunk(store, seq, &f.path, c.hash, c.size).await, permit) }));
+            }
+        }
+    }
+    let mut outs = Vec::with_capacity(files.len());
+    let mut first_error = failure;
+    for (f, w) in files.iter().zip(writers) {
+        let result = match w {
+            Some(Writer { tx, handle, .. }) => {
+                drop(tx);
+                match handle.await {
+                    Ok(Ok(done)) => Ok(done),
+                    Ok(Err(e)) => Err(err(f, e.to_string())),
+                    Err(e) => Err(err(f, e.to_string())),
+                }
+            }
+            // No chunks (an empty file), or never reached because of an earlier failure.
+            None if first_error.is_none() => open(f).map(|out| (0, hex::encode(Sha256::digest(b"")), out)),
+            None => continue,
+        };
+        match result {
+            Ok((written, digest, out)) if written == f.size && digest == f.sha256 => outs.push(out),
+            Ok((written, digest, _)) => {
+                first_error.get_or_insert_with(|| {
+                    err(
+                        f,
+                        format!("restored file has {written} bytes and sha256 {digest}; manifest says {} bytes and {}", f.size, f.sha256),
+                    )
+                });
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(outs),
+    }
+}
+
+/// Create `f` inside `target` (never outside it, never through a link), empty.
+fn create_file(seq: u64, target: &Path, f: &FileEntry) -> Result<std::fs::File, RestoreError> {
     let err = |detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
     let path = join_inside(target, &f.path).ok_or_else(|| err("path leaves the directory".into()))?;
     if let Some(parent) = path.parent() {
@@ -205,36 +363,30 @@ async fn write_file(
             return Err(err("parent directory resolves outside the target".into()));
         }
     }
-    let out = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
-    let out = read_file(store, seq, f, out, concurrency, known).await?;
-    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| err(e.to_string()))?;
-    Ok(())
+        .map_err(|e| err(format!("cannot create {}: {e}", path.display())))
 }
 
 /// Read every chunk of `f` back and check it, as a restore would, writing nothing.
 pub async fn check_file(store: &Store, seq: u64, f: &FileEntry, concurrency: usize) -> Result<(), RestoreError> {
-    read_file(store, seq, f, std::io::sink(), concurrency, &KnownChunks::default()).await.map(drop)
+    read_files(store, seq, std::slice::from_ref(f), |_| Ok(std::io::sink()), concurrency, &KnownChunks::default()).await.map(drop)
 }
 
 /// Write every file of `m` into `target`, an empty directory this process created.
 pub async fn download(store: &Store, m: &Manifest, target: &Path, concurrency: usize, known: &KnownChunks) -> Result<(), RestoreError> {
     m.validate().map_err(|e| RestoreError::Manifest { run: m.run_id.clone(), seq: m.seq, source: e.into() })?;
-    // Several files at once, each hashed whole in order on its own thread, sharing the
-    // window of chunks in flight: a checkpoint of weights and optimizer state keeps two
-    // hashers busy instead of one.
-    let concurrency = concurrency.max(1);
-    let files_at_once = m.files.len().clamp(1, 4).min(concurrency);
-    let window = (concurrency / files_at_once).max(1);
-    let mut writes =
-        futures::stream::iter(&m.files).map(|f| write_file(store, m.seq, target, f, window, known)).buffer_unordered(files_at_once);
-    while let Some(written) = writes.next().await {
-        written?;
+    let outs = read_files(store, m.seq, &m.files, |f| create_file(m.seq, target, f), concurrency, known).await?;
+    for (f, out) in m.files.iter().zip(outs) {
+        out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| RestoreError::File {
+            seq: m.seq,
+            path: f.path.clone(),
+            detail: e.to_string(),
+        })?;
     }
     Ok(())
 }

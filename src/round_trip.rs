@@ -133,6 +133,59 @@ async fn an_uploaded_checkpoint_restores_byte_for_byte_with_its_modes() {
     assert_eq!(read_tree(&target), files);
 }
 
+/// A store whose reads finish in a scrambled order (each waits 0-30 ms, by its key), as
+/// a real server's do: restore must still put every file's chunks in their place.
+struct Scrambled(MemoryBackend);
+
+impl std::fmt::Display for Scrambled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "scrambled")
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Scrambled {
+    async fn put(&self, key: &str, data: Bytes, create_only: bool) -> crate::store::Result<crate::store::PutOutcome> {
+        self.0.put(key, data, create_only).await
+    }
+    async fn get(&self, key: &str, limit: u64) -> crate::store::Result<Bytes> {
+        let wait = key.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) % 30;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        self.0.get(key, limit).await
+    }
+    async fn head(&self, key: &str) -> crate::store::Result<Option<u64>> {
+        self.0.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> crate::store::Result<Vec<crate::store::ObjectInfo>> {
+        self.0.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> crate::store::Result<()> {
+        self.0.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn chunks_that_arrive_out_of_order_are_written_in_place_across_many_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::from_backend(Arc::new(Scrambled(MemoryBackend::new())), "scrambled");
+    let src = tmp.path().join("ckpt");
+    let mut files = checkpoint(&src, 3);
+    // More files than are written at once, several of several chunks, empty ones between.
+    for i in 0..7u64 {
+        let data = if i % 3 == 1 { vec![] } else { noise(10 + i, (1 << 20) + (i as usize * 700_001)) };
+        std::fs::write(src.join(format!("shard-{i}.bin")), &data).unwrap();
+        files.insert(format!("shard-{i}.bin"), data);
+    }
+    let m = commit(&store, tmp.path(), &src, 1, &KnownChunks::default()).await;
+    assert!(m.files.iter().filter(|f| f.chunks.len() > 2).count() >= 3, "several files of several chunks");
+    for concurrency in [1, 3, 16] {
+        let target = tmp.path().join(format!("back-{concurrency}"));
+        std::fs::create_dir(&target).unwrap();
+        restore::download(&store, &m, &target, concurrency, &KnownChunks::default()).await.unwrap();
+        assert_eq!(read_tree(&target), files, "concurrency {concurrency}");
+    }
+}
+
 #[tokio::test]
 async fn content_already_in_the_store_is_not_stored_again() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,11 +1,12 @@
 //! Upload: turn a captured snapshot into chunks in the store, then write the manifest.
 //!
 //! One reader thread per file cuts chunks and hashes the whole file as it goes; up to
-//! `concurrency` chunks are hashed, checked, compressed and sent at once, in a window
-//! that keeps their order. Memory is bounded by the window, never by the file size.
+//! `concurrency` chunks of a file are hashed, checked, compressed and sent at once, in a
+//! window that keeps their order, and a few files go at once. Memory is bounded by
+//! [`WINDOW_BYTES`] of chunks read and not yet sent, never by the file or chunk sizes.
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -117,22 +118,40 @@ async fn put_one(store: &Store, known: &KnownChunks, marked: &Damaged, data: Vec
     Ok(ChunkOut { hash, size, new, stored: if new { stored } else { 0 } })
 }
 
+/// Bytes of chunks read and not yet stored, over all the files of an upload.
+pub const WINDOW_BYTES: u64 = 32 << 20;
+/// Files uploaded at once: each has its own reader thread (cut and file hash), so a
+/// checkpoint of weights and optimizer state keeps both cores busy, and the window
+/// does not drain at each file's end.
+const FILES_AT_ONCE: usize = 3;
+const UNIT: u64 = 64 << 10;
+
 enum Piece {
-    Chunk(Vec<u8>),
+    Chunk(Vec<u8>, tokio::sync::OwnedSemaphorePermit),
     End { sha256: String, size: u64 },
 }
 
 /// Read one file on a blocking thread, sending its chunks and finally its digest.
-fn spawn_reader(path: std::path::PathBuf, window: usize) -> tokio::sync::mpsc::Receiver<anyhow::Result<Piece>> {
+fn spawn_reader(
+    path: std::path::PathBuf,
+    window: usize,
+    bytes: std::sync::Arc<tokio::sync::Semaphore>,
+) -> tokio::sync::mpsc::Receiver<anyhow::Result<Piece>> {
     let (tx, rx) = tokio::sync::mpsc::channel(window);
     tokio::task::spawn_blocking(move || {
         let result = (|| -> anyhow::Result<()> {
             let file = std::fs::File::open(&path)?;
+            let len = file.metadata()?.len();
             let mut hasher = Sha256::new();
             let mut size = 0u64;
             let tee = HashingReader { inner: file, hasher: &mut hasher, size: &mut size };
-            for chunk in chunking::chunks(tee) {
-                if tx.blocking_send(Ok(Piece::Chunk(chunk?))).is_err() {
+            for chunk in chunking::chunks(tee, len) {
+                let chunk = chunk?;
+                let units = (chunk.len() as u64).div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
+                let Ok(permit) = futures::executor::block_on(bytes.clone().acquire_many_owned(units)) else {
+                    return Ok(());
+                };
+                if tx.blocking_send(Ok(Piece::Chunk(chunk, permit))).is_err() {
                     return Ok(()); // the upload was cancelled
                 }
             }
@@ -162,6 +181,43 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
+/// One file's chunks, as its reader sends them, stored in order.
+async fn upload_file(
+    store: &Store,
+    known: &KnownChunks,
+    marked: &Damaged,
+    settings: &Settings,
+    f: &crate::capture::SnapFile,
+    rx: tokio::sync::mpsc::Receiver<anyhow::Result<Piece>>,
+) -> anyhow::Result<(FileEntry, (u64, u64))> {
+    let mut pieces = tokio_stream_from(rx)
+        .map(|piece| async move {
+            match piece? {
+                // The permit is held until the chunk is stored.
+                Piece::Chunk(data, _permit) => put_one(store, known, marked, data, settings.zstd_level).await.map(Ok),
+                Piece::End { sha256, size } => Ok(Err((sha256, size))),
+            }
+        })
+        .buffered(settings.concurrency.max(1));
+    let mut chunks = Vec::new();
+    let mut digest = None;
+    let mut new = (0u64, 0u64);
+    while let Some(item) = pieces.next().await {
+        match item.map_err(|e| e.context(format!("uploading {}", f.rel)))? {
+            Ok(c) => {
+                if c.new {
+                    new.0 += c.size;
+                    new.1 += c.stored;
+                }
+                chunks.push(ChunkRef { hash: c.hash, size: c.size });
+            }
+            Err(end) => digest = Some(end),
+        }
+    }
+    let (sha256, size) = digest.ok_or_else(|| anyhow::anyhow!("{}: reading stopped before the end", f.rel))?;
+    Ok((FileEntry { path: f.rel.clone(), size, mode: f.mode, sha256, chunks }, new))
+}
+
 /// Upload a snapshot and commit it as checkpoint `info.seq`. Dropping the future
 /// cancels the upload; the manifest is the last write, so a cancelled upload leaves
 /// only unreferenced chunks behind (which `prune` collects).
@@ -179,33 +235,21 @@ pub async fn upload(
     let window = settings.concurrency.max(1);
     // The damage markers (see `store::damage`), read once per upload.
     let marked = &store.damaged_chunks().await?;
-    for f in &snap.files {
-        let rx = spawn_reader(snap.dir.join(&f.rel), window);
-        let mut pieces = tokio_stream_from(rx)
-            .map(|piece| async move {
-                match piece? {
-                    Piece::Chunk(data) => put_one(store, known, marked, data, settings.zstd_level).await.map(Ok),
-                    Piece::End { sha256, size } => Ok(Err((sha256, size))),
-                }
-            })
-            .buffered(window);
-        let mut chunks = Vec::new();
-        let mut digest = None;
-        while let Some(item) = pieces.next().await {
-            match item.map_err(|e| e.context(format!("uploading {}", f.rel)))? {
-                Ok(c) => {
-                    if c.new {
-                        sizes.new_bytes += c.size;
-                        sizes.stored_bytes += c.stored;
-                    }
-                    chunks.push(ChunkRef { hash: c.hash, size: c.size });
-                }
-                Err(end) => digest = Some(end),
-            }
-        }
-        let (sha256, size) = digest.ok_or_else(|| anyhow::anyhow!("{}: reading stopped before the end", f.rel))?;
-        sizes.logical_bytes += size;
-        files.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, sha256, chunks });
+    let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
+    // By index: a closure over `&SnapFile` makes the future not `Send` for every lifetime.
+    let mut uploads = futures::stream::iter(0..snap.files.len())
+        .map(|i| {
+            let f = &snap.files[i];
+            let rx = spawn_reader(snap.dir.join(&f.rel), window, bytes.clone());
+            upload_file(store, known, marked, settings, f, rx).boxed()
+        })
+        .buffered(FILES_AT_ONCE);
+    while let Some(done) = uploads.next().await {
+        let (entry, (new_bytes, stored_bytes)) = done?;
+        sizes.logical_bytes += entry.size;
+        sizes.new_bytes += new_bytes;
+        sizes.stored_bytes += stored_bytes;
+        files.push(entry);
     }
     sizes.upload_seconds = start.elapsed().as_secs_f64();
     // A snapshot of hard links is only good if nothing wrote the files while they were read.

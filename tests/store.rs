@@ -2,6 +2,7 @@
 //! checkpoints; manifests are the commit.
 
 use crate::common::*;
+use std::process::Command;
 
 fn manifest_json(store: &str, run: &str, seq: u64) -> serde_json::Value {
     let out = baton().args(["inspect", "--store", store, run, &seq.to_string(), "--json"]).output().unwrap();
@@ -129,4 +130,50 @@ fn a_final_checkpoint_of_unchanged_files_keeps_the_last_commits_labels() {
     let slot = tempfile::tempdir().unwrap();
     let out = output_of(spawn_run(slot.path(), s, "labels", &[], &[], &["sh", "-c", script]));
     assert!(text(&out.stdout).contains("restored epoch=6 step=3"), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+/// A store an older baton wrote (manifest format 1, chunks of at most 4 MiB) is read,
+/// verified and restored by this one, and a run in it writes format 2 beside it, with
+/// large files in larger chunks.
+#[test]
+fn a_store_written_by_format_1_is_read_and_extended() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().join("s");
+    let copied = Command::new("cp").arg("-a").arg(fixture("store-format1")).arg(&s).status().unwrap();
+    assert!(copied.success());
+    let s = s.to_str().unwrap();
+    let old = manifest_json(s, "written-by-format-1", 1);
+    assert_eq!(old["format"], 1);
+    let out = baton().args(["verify", "--store", s, "written-by-format-1"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let to = tempfile::tempdir().unwrap();
+    let target = to.path().join("r");
+    let out = baton().args(["restore", "--store", s, "written-by-format-1", "--to", target.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (path, sha) in [
+        ("weights.bin", "c1d5a31a33dd6edc58de2468470eab2c998145d101d66b17df029d44c7a1a3f2"),
+        ("sub/opt.bin", "b67a75c52994ea1a9d0cff9e999a983996880241e476622db0758466d2ea258b"),
+        ("meta.json", "62ccdef8e1da08c2aca6dcb9f8095917bb0fb07c90df49a64f1a1aa3383275ea"),
+    ] {
+        assert_eq!(baton::chunking::sha256_hex(&std::fs::read(target.join(path)).unwrap()), sha, "{path}");
+    }
+
+    // A new run in the same store: 80 MiB of weights are cut large, a small file small.
+    let slot = tempfile::tempdir().unwrap();
+    let script = "head -c 83886080 /dev/urandom > $BATON_CHECKPOINT_DIR/big.bin; head -c 3000000 /dev/urandom > $BATON_CHECKPOINT_DIR/small.bin";
+    let out = output_of(spawn_run(slot.path(), s, "written-by-format-2", &[], &[], &["sh", "-c", script]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let new = manifest_json(s, "written-by-format-2", 1);
+    assert_eq!(new["format"], 2);
+    let chunks = |name: &str| -> Vec<u64> {
+        let files = new["files"].as_array().unwrap();
+        let f = files.iter().find(|f| f["path"] == name).unwrap();
+        f["chunks"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).collect()
+    };
+    let big = chunks("big.bin");
+    assert!(big.iter().any(|&c| c > 4 << 20), "large files get chunks over format 1's 4 MiB: {big:?}");
+    assert!(big.len() <= 40, "{} chunks for 80 MiB", big.len());
+    assert!(chunks("small.bin").iter().all(|&c| c <= 4 << 20));
+    let out = baton().args(["verify", "--store", s]).output().unwrap();
+    assert!(out.status.success(), "both formats verify: {}", text(&out.stderr));
 }

@@ -11,7 +11,8 @@ use crate::store::KnownChunks;
 /// Restore the newest intact checkpoint into the checkpoint directory, or make an empty
 /// one for a fresh start.
 pub async fn restore_newest(cfg: &RunConfig, state_dir: &Path, known: &KnownChunks) -> anyhow::Result<Restored> {
-    let restored = restore::restore_latest(&cfg.store, &cfg.run, state_dir, cfg.upload.concurrency, known).await?;
+    let restored =
+        restore::restore_latest(&cfg.store, &cfg.run, state_dir, restore::CONCURRENCY.max(cfg.upload.concurrency), known).await?;
     match &restored.found {
         Some((m, tmp)) => {
             // Whatever was in the checkpoint directory is moved aside, never deleted.
