@@ -25,6 +25,7 @@ pub mod signals;
 pub mod simulate;
 pub mod store;
 pub mod supervisor;
+pub mod timeline;
 pub mod upload;
 pub mod verify;
 pub mod watcher;
