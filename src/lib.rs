@@ -14,6 +14,7 @@ pub mod error;
 pub mod format;
 pub mod htcondor;
 pub mod identity;
+pub mod interval;
 pub mod manifest;
 pub mod pelican;
 pub mod process;
