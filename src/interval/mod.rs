@@ -8,14 +8,13 @@ pub mod model;
 use serde::Serialize;
 
 use crate::attempt::Records;
+use crate::identity::RunId;
 use crate::manifest::{Manifest, Reason};
+use crate::store::Store;
 use crate::timeline::{self, AttemptRecords, AttemptRow, Point};
 use model::{Costs, Rate};
 
-/// The metadata key a trainer may set on a commit (`baton commit --meta
-/// save_seconds=1.8`) to say how long writing the checkpoint files took it; baton only
-/// sees its own capture.
-pub const SAVE_SECONDS_META: &str = "save_seconds";
+pub use crate::timeline::SAVE_SECONDS_META;
 
 /// What the records of one run say.
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +189,21 @@ pub fn advise(
         costs,
         measured,
     })
+}
+
+/// A run's attempt records and its manifests that can be read (a damaged manifest is
+/// left out: `inspect` and `verify` report it), read a few at a time.
+pub async fn load(store: &Store, run: &RunId) -> crate::store::Result<(Vec<Records>, Vec<Manifest>)> {
+    use futures::StreamExt;
+    let records = crate::attempt::load_all(store, run).await?;
+    let seqs = store.list_manifests(run).await?;
+    let manifests: Vec<Manifest> = futures::stream::iter(seqs)
+        .map(|seq| async move { crate::restore::load_manifest(store, run, seq).await.ok() })
+        .buffered(16)
+        .filter_map(|m| async move { m })
+        .collect()
+        .await;
+    Ok((records, manifests))
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub struct Options {
     pub max_attempts: u64,
     /// Extra flags for every `baton run` (e.g. --checkpoint-exit-code 85).
     pub run_args: Vec<String>,
+    /// Extra environment for every attempt (an interval sweep's BATON_CHECKPOINT_INTERVAL).
+    pub command_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +177,7 @@ impl Simulation<'_> {
         let _ = std::fs::remove_dir_all(&dir);
         let materialized = slots::materialize(slot, n, self.rng.next_u64(), &dir, &self.job, opts.vacate_window)?;
         let mut env = materialized.env;
+        env.extend(opts.command_env.iter().cloned());
         if let Some(r) = &opts.run_id {
             env.push(("BATON_RUN_ID".into(), r.to_string()));
         }

@@ -23,11 +23,25 @@ pub struct Point {
     pub created: f64,
     pub epoch: Option<u64>,
     pub step: Option<u64>,
+    /// Seconds training stood still for it: baton's capture, plus the trainer's save when
+    /// it reports one (`save_seconds`); 0 when unknown.
+    pub cost: f64,
+}
+
+/// The metadata key a trainer may set on a commit (`baton commit --meta
+/// save_seconds=1.8`) to say how long writing the checkpoint files took it; baton only
+/// sees its own capture.
+pub const SAVE_SECONDS_META: &str = "save_seconds";
+
+/// The trainer's own save time, when it reported one.
+pub fn trainer_save_seconds(m: &Manifest) -> Option<f64> {
+    m.meta.get(SAVE_SECONDS_META).and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0)
 }
 
 impl From<&Manifest> for Point {
     fn from(m: &Manifest) -> Point {
-        Point { seq: m.seq, attempt: m.attempt, created: m.created, epoch: m.epoch, step: m.step }
+        let cost = m.sizes.capture_seconds.max(0.0) + trainer_save_seconds(m).unwrap_or(0.0);
+        Point { seq: m.seq, attempt: m.attempt, created: m.created, epoch: m.epoch, step: m.step, cost }
     }
 }
 
@@ -129,7 +143,9 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Poin
             || unwarned;
         let last_save = mine.iter().map(|m| m.created).fold(train_start, f64::max);
         let work_lost = if evicted { (stopped - last_save).max(0.0) } else { 0.0 };
-        let useful = ((stopped - train_start) - work_lost).max(0.0);
+        // Time spent writing the checkpoints made while training is not training.
+        let saving: f64 = mine.iter().filter(|m| m.created <= stopped).map(|m| m.cost).sum();
+        let useful = ((stopped - train_start) - work_lost - saving).max(0.0);
         let restored_epoch = s.restored_seq.and_then(|seq| points.iter().find(|m| m.seq == seq)).and_then(|m| m.epoch);
         let ending = match (&rec.end, obs.and_then(|o| o.eviction)) {
             (_, Some((Kind::Hard, _))) => "hard-evicted".to_string(),
@@ -289,5 +305,13 @@ mod tests {
         assert_eq!(rows[1].restored_epoch, Some(2));
         assert_eq!(rows[0].committed, vec![1, 2]);
         assert_eq!(t.stored_bytes, 200);
+        // Time spent saving is not training: checkpoint 2 stopped training for 0.5 s of
+        // capture and the 1.0 s the trainer says its save took.
+        let mut costly = manifests.clone();
+        costly[1].sizes.capture_seconds = 0.5;
+        costly[1].meta.insert(SAVE_SECONDS_META.into(), "1.0".into());
+        let points: Vec<Point> = costly.iter().map(Point::from).collect();
+        let (_, t) = compute(&observed, &records, &points);
+        assert!(close(t.useful_seconds, 39.0), "{}", t.useful_seconds);
     }
 }
