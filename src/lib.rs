@@ -16,6 +16,7 @@ pub mod htcondor;
 pub mod identity;
 pub mod interval;
 pub mod manifest;
+pub mod overview;
 pub mod pelican;
 pub mod process;
 pub mod procfs;
