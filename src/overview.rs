@@ -47,7 +47,8 @@ pub struct RunSummary {
     pub shared_bytes: u64,
     /// Bytes of all the run's manifests, from the listing.
     pub manifest_bytes: u64,
-    /// Why the newest manifest could not be read, when it could not.
+    /// Why the newest manifest could not be read, when it could not (progress is then
+    /// from the newest one that could).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest_error: Option<String>,
 }
@@ -203,7 +204,7 @@ pub async fn overview(store: &Store) -> crate::store::Result<(Vec<RunSummary>, C
             stored_bytes: set.iter().map(size).sum(),
             shared_bytes: set.iter().filter(|h| users.get(**h).copied().unwrap_or(0) > 1).map(size).sum(),
             manifest_bytes: f.listing.manifests.iter().map(|m| m.size).sum(),
-            latest_error: if f.newest.is_none() { f.newest_error.clone() } else { None },
+            latest_error: f.newest_error.clone(),
         });
     }
     let cost =
