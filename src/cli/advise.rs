@@ -116,8 +116,8 @@ pub fn print(a: &Advice) {
     let (lo, hi) = a.range_seconds;
     println!(
         "  recommended      {}{} ({pct}% range {} to {}): expected goodput {:.1}%",
-        if m.lossy_evictions == 0 { "at least " } else { "" },
         seconds(a.recommended_seconds),
+        if m.lossy_evictions == 0 { " or longer" } else { "" },
         seconds(lo),
         hi.map(seconds).unwrap_or_else(|| "unbounded".into()),
         a.goodput_recommended * 100.0

@@ -235,8 +235,8 @@ fn advice_line(a: &Advice) -> String {
     let range = format!("{} to {}", s(a.range_seconds.0), a.range_seconds.1.map(s).unwrap_or_else(|| "unbounded".into()));
     format!(
         "interval advice: checkpoint every {}{} ({:.0}% range {range}; expected goodput {:.0}%), {now}; {} of {} eviction(s) lost work; see `baton advise`",
-        if a.measured.lossy_evictions == 0 { "at least " } else { "" },
         s(a.recommended_seconds),
+        if a.measured.lossy_evictions == 0 { " or less often" } else { "" },
         a.confidence * 100.0,
         a.goodput_recommended * 100.0,
         a.measured.lossy_evictions,
