@@ -31,6 +31,17 @@ pub fn bytes_short(n: u64) -> String {
     }
 }
 
+/// A span of time for people: `0.42 s`, `12.3 s`, `4.5 min`, `3.1 h`.
+pub fn seconds(s: f64) -> String {
+    match s {
+        s if !s.is_finite() => "unbounded".into(),
+        s if s < 10.0 => format!("{s:.2} s"),
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
 /// Seconds since the Unix epoch as RFC 3339 (UTC, whole seconds).
 pub fn time(unix: f64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
@@ -53,6 +64,15 @@ pub fn checkpoint(m: &Manifest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_of_time_pick_their_unit() {
+        assert_eq!(seconds(0.4242), "0.42 s");
+        assert_eq!(seconds(75.0), "75.0 s");
+        assert_eq!(seconds(270.0), "4.5 min");
+        assert_eq!(seconds(3.0 * 3600.0), "3.0 h");
+        assert_eq!(seconds(f64::INFINITY), "unbounded");
+    }
 
     #[test]
     fn sizes_read_the_same_in_logs_and_tables() {

@@ -21,6 +21,8 @@ mod eviction;
 mod pelican;
 // The command's process family: nothing it starts outlives baton; exit status passes through.
 mod process_family;
+// `baton advise`, `simulate --interval-sweep`, and `baton inspect` over many runs.
+mod advise;
 // `baton simulate`: seeded schedules of real evictions over simulated slots, then verify.
 mod simulate;
 // baton under an emulated HTCondor starter: ads in the sandbox, soft kill, hard kill at the window's end.

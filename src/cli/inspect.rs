@@ -3,18 +3,24 @@
 use serde::Serialize;
 
 use super::StoreArg;
+use anyhow::Context;
 use baton::attempt::Records;
 use baton::error::{ErrorKind, Failure};
 use baton::format;
 use baton::identity::RunId;
+use baton::interval::Advice;
 use baton::manifest::Manifest;
 use baton::restore::load_manifest;
 use baton::store::Store;
+use baton::timeline::Point;
 
 /// Show the runs in a store, the checkpoints and attempts of a run, or one checkpoint's files.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  baton inspect                 runs in the store\n  baton inspect RUN             checkpoints and attempts of RUN\n  baton inspect RUN 7 --json    files of checkpoint 7, as JSON"
+    after_help = "Examples:\n  baton inspect                      every run: progress, attempts, evictions, goodput, devices, bytes\n  \
+baton inspect RUN                  checkpoints and attempts of RUN, and the interval advice\n  \
+baton inspect RUN --timeline r.svg the run's timeline as a picture\n  \
+baton inspect RUN 7 --json         files of checkpoint 7, as JSON"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -26,14 +32,10 @@ pub struct Args {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Serialize)]
-struct RunSummary {
-    run_id: String,
-    checkpoints: usize,
-    latest_seq: Option<u64>,
-    attempts: usize,
+    /// Draw RUN's timeline (attempts on their devices, evictions, restores, flushes,
+    /// progress) into this SVG file, as `baton simulate --timeline` does.
+    #[arg(long, value_name = "FILE.svg", requires = "run", conflicts_with = "checkpoint")]
+    timeline: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -50,7 +52,13 @@ struct RunDetail {
     run_id: String,
     checkpoints: Vec<CheckpointRow>,
     attempts: Vec<Records>,
+    /// What `baton advise RUN` says, at its default confidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice: Option<Advice>,
 }
+
+/// `baton advise`'s default, so the line here and its output agree.
+const ADVICE_CONFIDENCE: f64 = 0.9;
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
@@ -60,32 +68,49 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let store = a.store.open()?;
     match (a.run, a.checkpoint) {
         (None, _) => list_runs(&store, a.json).await,
-        (Some(run), None) => show_run(&store, &run, a.json).await,
+        (Some(run), None) => show_run(&store, &run, a.json, a.timeline.as_deref()).await,
         (Some(run), Some(seq)) => show_checkpoint(&store, &run, seq, a.json).await,
     }
 }
 
 async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
-    let mut out = Vec::new();
-    for run in store.list_runs().await? {
-        let seqs = store.list_manifests(&run).await?;
-        let attempts = store.list_attempts(&run).await?.len();
-        out.push(RunSummary { run_id: run.to_string(), checkpoints: seqs.len(), latest_seq: seqs.last().copied(), attempts });
-    }
+    let (out, _) = baton::overview::overview(store).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if out.is_empty() {
         println!("no runs in {}", store.url());
     } else {
-        println!("{:<40} {:>11} {:>7} {:>8}", "RUN", "CHECKPOINTS", "LATEST", "ATTEMPTS");
+        println!(
+            "{:<40} {:>11} {:>6} {:>5} {:>7} {:>8} {:>9} {:>7} {:>8} {:>8}  DEVICES",
+            "RUN", "CHECKPOINTS", "LATEST", "EPOCH", "STEP", "ATTEMPTS", "EVICTIONS", "GOODPUT", "STORED", "SHARED"
+        );
         for r in &out {
-            println!("{:<40} {:>11} {:>7} {:>8}", r.run_id, r.checkpoints, opt(r.latest_seq), r.attempts);
+            println!(
+                "{:<40} {:>11} {:>6} {:>5} {:>7} {:>8} {:>9} {:>7} {:>8} {:>8}  {}",
+                r.run_id,
+                r.checkpoints,
+                opt(r.latest_seq),
+                match (r.epoch, r.latest_reason) {
+                    (None, Some(baton::manifest::Reason::Final)) => "final".into(),
+                    (e, _) => opt(e),
+                },
+                opt(r.step),
+                r.attempts,
+                r.evictions,
+                r.goodput.map(|g| format!("{:.1}%", g * 100.0)).unwrap_or_else(|| "-".into()),
+                format::bytes_short(r.stored_bytes),
+                format::bytes_short(r.shared_bytes),
+                r.devices.join(",")
+            );
+            if let Some(e) = &r.latest_error {
+                println!("{:<40} DAMAGED: {e}", "");
+            }
         }
     }
     Ok(0)
 }
 
-async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32> {
+async fn show_run(store: &Store, run: &RunId, json: bool, svg: Option<&std::path::Path>) -> anyhow::Result<i32> {
     let seqs = store.list_manifests(run).await?;
     let attempts = baton::attempt::load_all(store, run).await?;
     if seqs.is_empty() && attempts.is_empty() {
@@ -98,7 +123,15 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
             Err(e) => checkpoints.push(CheckpointRow { seq, manifest: None, error: Some(baton::error::chain(&e)) }),
         }
     }
-    let detail = RunDetail { run_id: run.to_string(), checkpoints, attempts };
+    let manifests: Vec<Manifest> = checkpoints.iter().filter_map(|c| c.manifest.clone()).collect();
+    let (rows, totals, t0) = baton::interval::timeline_of(&attempts, &manifests);
+    if let Some(path) = svg {
+        let points: Vec<Point> = manifests.iter().map(Point::from).collect();
+        let picture = baton::timeline::svg::svg(&format!("baton inspect: run {run}"), t0, &rows, &points, &totals);
+        std::fs::write(path, picture).with_context(|| format!("cannot write the timeline to {}", path.display()))?;
+    }
+    let advice = baton::interval::advise(&rows, &totals, &manifests, ADVICE_CONFIDENCE, None);
+    let detail = RunDetail { run_id: run.to_string(), checkpoints, attempts, advice: advice.as_ref().ok().cloned() };
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(0);
@@ -144,6 +177,13 @@ async fn show_run(store: &Store, run: &RunId, json: bool) -> anyhow::Result<i32>
         };
         println!("{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} {}", a.attempt, host, started, device, restored, ending, status, commits);
     }
+    match &advice {
+        Ok(a) => println!("\n{}", advice_line(a)),
+        Err(e) => println!("\ninterval advice: none ({e})"),
+    }
+    if let Some(path) = svg {
+        println!("timeline: {}", path.display());
+    }
     Ok(0)
 }
 
@@ -183,4 +223,23 @@ async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> an
         println!("{:>10} {:>6o} {:>6}  {:<64}  {}", f.size, f.mode, f.chunks.len(), f.sha256, f.path);
     }
     Ok(0)
+}
+
+/// The advice in one line; `baton advise RUN` has the whole of it.
+fn advice_line(a: &Advice) -> String {
+    let s = format::seconds;
+    let now = match (a.measured.interval_seconds, a.goodput_current) {
+        (Some(i), Some(g)) => format!("now every {} (expected goodput {:.0}%)", s(i), g * 100.0),
+        _ => "current interval unknown".into(),
+    };
+    let range = format!("{} to {}", s(a.range_seconds.0), a.range_seconds.1.map(s).unwrap_or_else(|| "unbounded".into()));
+    format!(
+        "interval advice: checkpoint every {}{} ({:.0}% range {range}; expected goodput {:.0}%), {now}; {} of {} eviction(s) lost work; see `baton advise`",
+        s(a.recommended_seconds),
+        if a.measured.lossy_evictions == 0 { " or less often" } else { "" },
+        a.confidence * 100.0,
+        a.goodput_recommended * 100.0,
+        a.measured.lossy_evictions,
+        a.measured.evictions,
+    )
 }

@@ -1,6 +1,7 @@
 //! The command line: flags, help, logging and printing. The engine modules return data;
 //! only this module talks to the user.
 
+mod advise;
 mod commit;
 mod exit;
 mod inspect;
@@ -100,6 +101,7 @@ enum Command {
     Run(run::Args),
     Simulate(simulate::Args),
     Inspect(inspect::Args),
+    Advise(advise::Args),
     Verify(verify::Args),
     Restore(restore::Args),
     Prune(prune::Args),
@@ -147,7 +149,7 @@ pub fn main() -> i32 {
         return 0;
     }
     init_logging(cli.verbose, cli.quiet);
-    if matches!(cli.command, Command::Inspect(_) | Command::Verify(_) | Command::Prune(_)) {
+    if matches!(cli.command, Command::Inspect(_) | Command::Advise(_) | Command::Verify(_) | Command::Prune(_)) {
         // `baton inspect | head` should end quietly, as other Unix tools do.
         baton::signals::default_sigpipe();
     }
@@ -169,6 +171,7 @@ pub fn main() -> i32 {
             Command::Run(a) => run::run(a).await,
             Command::Simulate(a) => simulate::run(a).await,
             Command::Inspect(a) => inspect::run(a).await,
+            Command::Advise(a) => advise::run(a).await,
             Command::Verify(a) => verify::run(a).await,
             Command::Restore(a) => restore::run(a).await,
             Command::Prune(a) => prune::run(a).await,

@@ -18,7 +18,8 @@ until it completes. Then report, from the attempt records and manifests in the s
 slot, device, timing, how it ended, what it restored and committed, work lost, flush and restore \
 seconds; and the totals: wall time, useful time, goodput, work lost per eviction, bytes.",
     after_help = "Examples:\n  baton simulate --evictions 3 --mean-interval 20s --slots a100-40gb,t4-16gb,cpu --verify -- python3 train.py\n  \
-baton simulate --trace evictions.txt --timeline run.svg -- ./train.sh\n\
+baton simulate --trace evictions.txt --timeline run.svg -- ./train.sh\n  \
+baton simulate --interval-sweep 0.5s,1s,2s,4s --mean-interval 20s --hard-fraction 1 --seed 7 -- python3 train.py\n\
 A trace file has one eviction per line: `<seconds since start> [soft|hard]`, e.g. `30 soft` or `2m hard`.\n\
 Slot types: a100-40gb, a100-80gb, h100-80gb, h200-141gb, l40s-48gb, l40-48gb, a40-48gb, v100-32gb, t4-16gb, rtx2080ti-11gb, cpu."
 )]
@@ -65,6 +66,12 @@ pub struct Args {
     /// Passed to `baton run` as --checkpoint-exit-code.
     #[arg(long, value_name = "CODE")]
     checkpoint_exit_code: Option<i32>,
+    /// Run the command once per checkpoint interval in LIST (e.g. 0.5s,1s,2s,4s), each
+    /// under the same eviction schedule and slots, with BATON_CHECKPOINT_INTERVAL set to
+    /// the interval in seconds (the trainer must honour it), and show the measured goodput
+    /// against the interval beside what `baton advise` recommends from each run's records.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_interval, conflicts_with_all = ["verify", "timeline"])]
+    interval_sweep: Vec<Duration>,
     /// Print the eviction schedule as JSON and exit without running anything.
     #[arg(long)]
     plan_only: bool,
@@ -144,7 +151,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         run_args.extend(["--checkpoint-exit-code".to_string(), c.to_string()]);
     }
     tracing::info!("simulate: seed {seed} (rerun the same schedule with --seed {seed}), work directory {}", work_dir.display());
-    let report = simulate::simulate(simulate::Options {
+    let options = simulate::Options {
         store_url,
         store,
         command: a.command,
@@ -157,8 +164,12 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         run_id: a.run_id,
         max_attempts: a.max_attempts,
         run_args,
-    })
-    .await?;
+        command_env: vec![],
+    };
+    if !a.interval_sweep.is_empty() {
+        return sweep(options, &a.interval_sweep, a.json).await;
+    }
+    let report = simulate::simulate(options).await?;
     if let Some(path) = &a.timeline {
         std::fs::write(path, &report.svg).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
@@ -230,4 +241,100 @@ fn print_report(r: &simulate::Report) {
     if let Some(v) = &r.verify {
         println!("\nverify: {} (uninterrupted run took {:.1} s)", v.message, v.reference_seconds);
     }
+}
+
+#[derive(serde::Serialize)]
+struct SweepPoint {
+    interval_seconds: f64,
+    run_id: String,
+    completed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<String>,
+    totals: baton::timeline::Totals,
+    /// What `baton advise` makes of this run's records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice: Option<baton::interval::Advice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice_error: Option<String>,
+}
+
+/// One simulation per interval, under the same schedule and slot draw (the same seed), so
+/// that the intervals are compared on the same evictions.
+async fn sweep(base: simulate::Options, intervals: &[Duration], json: bool) -> anyhow::Result<i32> {
+    let base_id = match &base.run_id {
+        Some(r) => r.to_string(),
+        None => format!("sweep-{}", base.seed),
+    };
+    let mut points = Vec::new();
+    for interval in intervals {
+        let secs = interval.as_secs_f64();
+        let label = format!("every-{}", humantime::format_duration(*interval));
+        let run = baton::identity::RunId::parse(&format!("{base_id}-{label}")).map_err(usage)?;
+        tracing::info!("simulate: interval sweep: checkpoint every {secs} s as run {run}");
+        let options = simulate::Options {
+            store_url: base.store_url.clone(),
+            store: base.store.clone(),
+            command: base.command.clone(),
+            schedule: base.schedule.clone(),
+            slots: base.slots.clone(),
+            vacate_window: base.vacate_window,
+            verify: false,
+            work_dir: base.work_dir.join(&label),
+            seed: base.seed,
+            run_id: Some(run.clone()),
+            max_attempts: base.max_attempts,
+            run_args: base.run_args.clone(),
+            command_env: vec![("BATON_CHECKPOINT_INTERVAL".into(), secs.to_string())],
+        };
+        let report = simulate::simulate(options).await?;
+        let (records, manifests) = baton::interval::load(&base.store, &run).await?;
+        let (rows, totals, _) = baton::interval::timeline_of(&records, &manifests);
+        let (advice, advice_error) = match baton::interval::advise(&rows, &totals, &manifests, 0.9, None) {
+            Ok(a) => (Some(a), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        points.push(SweepPoint {
+            interval_seconds: secs,
+            run_id: run.to_string(),
+            completed: report.completed,
+            failure: report.failure,
+            totals: report.totals,
+            advice,
+            advice_error,
+        });
+    }
+    let best = points.iter().filter(|p| p.completed).max_by(|a, b| a.totals.goodput.total_cmp(&b.totals.goodput));
+    let best_interval = best.map(|p| p.interval_seconds);
+    if json {
+        let v =
+            serde_json::json!({ "seed": base.seed, "store": base.store.url(), "points": points, "best_interval_seconds": best_interval });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("interval sweep (seed {}), store {}", base.seed, base.store.url());
+    println!(
+        "\n{:>10} {:<40} {:>9} {:>8} {:>9} {:>8} {:>8} {:>12}",
+        "INTERVAL", "RUN", "COMPLETED", "ATTEMPTS", "EVICTIONS", "LOST/EV", "GOODPUT", "ADVISED"
+    );
+    for p in &points {
+        let t = &p.totals;
+        println!(
+            "{:>10} {:<40} {:>9} {:>8} {:>9} {:>8.1} {:>7.1}% {:>12}",
+            baton::format::seconds(p.interval_seconds),
+            p.run_id,
+            if p.completed { "yes" } else { "no" },
+            t.attempts,
+            t.evictions,
+            t.work_lost_per_eviction,
+            t.goodput * 100.0,
+            p.advice.as_ref().map(|a| baton::format::seconds(a.recommended_seconds)).unwrap_or_else(|| "-".into())
+        );
+    }
+    match best_interval {
+        Some(b) => {
+            println!("\nbest measured interval: {} (the ADVISED column is `baton advise` on each run's records)", baton::format::seconds(b))
+        }
+        None => println!("\nno run completed: evictions come faster than the command makes progress at every interval"),
+    }
+    Ok(0)
 }

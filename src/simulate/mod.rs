@@ -5,10 +5,8 @@
 
 mod launch;
 mod progress;
-pub mod report;
 pub mod schedule;
 pub mod slots;
-pub mod timeline;
 mod verify;
 
 use serde::Serialize;
@@ -22,9 +20,9 @@ use crate::attempt;
 use crate::identity::RunId;
 use crate::restore::load_manifest;
 use crate::store::Store;
+use crate::timeline::{self, AttemptRecords, AttemptRow, Observed, Point, Totals};
 use launch::{clear_slot, kill_family, spawn_baton};
 use progress::Progress;
-use report::{AttemptRecords, AttemptRow, Observed, Totals};
 use schedule::{Eviction, Kind};
 use slots::{JobIdentity, SlotType};
 
@@ -43,6 +41,8 @@ pub struct Options {
     pub max_attempts: u64,
     /// Extra flags for every `baton run` (e.g. --checkpoint-exit-code 85).
     pub run_args: Vec<String>,
+    /// Extra environment for every attempt (an interval sweep's BATON_CHECKPOINT_INTERVAL).
+    pub command_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,6 +177,7 @@ impl Simulation<'_> {
         let _ = std::fs::remove_dir_all(&dir);
         let materialized = slots::materialize(slot, n, self.rng.next_u64(), &dir, &self.job, opts.vacate_window)?;
         let mut env = materialized.env;
+        env.extend(opts.command_env.iter().cloned());
         if let Some(r) = &opts.run_id {
             env.push(("BATON_RUN_ID".into(), r.to_string()));
         }
@@ -337,7 +338,9 @@ async fn report(opts: Options, run: RunId, outcome: &mut Outcome, reference: Opt
             manifests.push(m);
         }
     }
-    let (rows, totals) = report::compute(&outcome.observed, &records, &manifests);
+    let points: Vec<Point> = manifests.iter().map(Point::from).collect();
+    let (rows, mut totals) = timeline::compute(&outcome.observed, &records, &points);
+    totals.add_sizes(&manifests);
     let verify = match reference {
         Some(r) if outcome.completed => {
             let reference_run = RunId::parse("reference").map_err(anyhow::Error::msg)?;
@@ -355,7 +358,7 @@ async fn report(opts: Options, run: RunId, outcome: &mut Outcome, reference: Opt
         None => None,
     };
     let t0 = records.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);
-    let svg = timeline::svg(&format!("baton simulate: run {run}"), t0, &rows, &manifests, &totals);
+    let svg = timeline::svg::svg(&format!("baton simulate: run {run}"), t0, &rows, &points, &totals);
     Ok(Report {
         run_id: run.to_string(),
         seed: opts.seed,

@@ -216,6 +216,24 @@ fn attempt_key(run: &RunId, n: u64, end: bool) -> String {
     }
 }
 
+/// A manifest as the listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestListing {
+    pub seq: u64,
+    pub size: u64,
+    /// Seconds since the epoch, as the store says (whole seconds; 0 when it does not say).
+    pub modified: i64,
+}
+
+/// What one listing says about one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunObjects {
+    /// By seq, ascending.
+    pub manifests: Vec<ManifestListing>,
+    /// Attempt number to whether it has an end record.
+    pub attempts: std::collections::BTreeMap<u64, bool>,
+}
+
 /// Settings that are not part of the URL.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -410,6 +428,41 @@ impl Store {
 
     pub async fn get_attempt(&self, run: &RunId, n: u64, end: bool) -> Result<Bytes> {
         self.backend.get(&attempt_key(run, n, end), MAX_RECORD_BYTES).await
+    }
+
+    /// Every run's manifests and attempt records from one listing of `runs/` (paginated
+    /// by the backend): enough to count checkpoints and attempts, and to know the newest
+    /// manifest and each manifest's size and time, without reading any of them.
+    pub async fn list_run_objects(&self) -> Result<std::collections::BTreeMap<RunId, RunObjects>> {
+        let mut runs: std::collections::BTreeMap<RunId, RunObjects> = Default::default();
+        for o in self.backend.list("runs/").await? {
+            let Some(rest) = o.key.strip_prefix("runs/") else { continue };
+            let mut parts = rest.splitn(3, '/');
+            let (Some(name), Some(kind), Some(file)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Ok(run) = RunId::parse(name) else { continue };
+            let entry = runs.entry(run).or_default();
+            match kind {
+                "checkpoints" => {
+                    if let Some(seq) = seq_of_name(file) {
+                        entry.manifests.push(ManifestListing { seq, size: o.size, modified: o.modified });
+                    }
+                }
+                "attempts" => match attempt_of_name(file) {
+                    Some((n, true)) => {
+                        entry.attempts.insert(n, true);
+                    }
+                    Some((n, false)) => {
+                        entry.attempts.entry(n).or_insert(false);
+                    }
+                    None => {}
+                },
+                _ => {}
+            }
+        }
+        for r in runs.values_mut() {
+            r.manifests.sort_by_key(|m| m.seq);
+        }
+        Ok(runs)
     }
 
     /// Run ids present in the store (names that fail validation are skipped).

@@ -3,8 +3,7 @@
 
 use std::fmt::Write;
 
-use super::report::{AttemptRow, Totals};
-use crate::manifest::Manifest;
+use super::{AttemptRow, Point, Totals};
 
 const W: f64 = 960.0;
 const H: f64 = 480.0;
@@ -20,7 +19,7 @@ fn esc(s: &str) -> String {
 
 /// Training progress of a checkpoint in epochs: epoch plus the fraction of the epoch its
 /// step is at. A checkpoint without an epoch (a final one) counts as the furthest.
-fn progress(m: &Manifest, max_step: u64, furthest: f64) -> f64 {
+fn progress(m: &Point, max_step: u64, furthest: f64) -> f64 {
     match m.epoch {
         Some(e) => e as f64 + m.step.unwrap_or(0) as f64 / (max_step + 1) as f64,
         None => furthest,
@@ -33,7 +32,7 @@ fn nice_step(span: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
 }
 
-pub fn svg(title: &str, t0: f64, rows: &[AttemptRow], manifests: &[Manifest], totals: &Totals) -> String {
+pub fn svg(title: &str, t0: f64, rows: &[AttemptRow], manifests: &[Point], totals: &Totals) -> String {
     let wall = totals.wall_seconds.max(1e-3);
     let max_step = manifests.iter().filter_map(|m| m.step).max().unwrap_or(0);
     let furthest = manifests.iter().filter(|m| m.epoch.is_some()).map(|m| progress(m, max_step, 0.0)).fold(0.0, f64::max);

@@ -1,13 +1,49 @@
-//! The simulation report, computed from what happened: the attempt records and the
-//! manifests in the store, plus what the simulator itself observed (which slot each
-//! attempt had, and when it pulled the plug on a hard eviction, which leaves no record).
+//! A run's timeline, computed from what happened: the attempt records and checkpoints in
+//! the store, plus, under `baton simulate`, what the simulator itself observed (which slot
+//! each attempt had, and when it pulled the plug on a hard eviction, which leaves no
+//! record). `simulate` reports it, `inspect` shows it for real runs, `advise` measures
+//! from it, and `svg` draws it.
+
+pub mod svg;
 
 use serde::Serialize;
 
 use crate::attempt::{EndRecord, Ending, StartRecord};
 use crate::manifest::Manifest;
+use crate::simulate::schedule::Kind;
 
-use super::schedule::Kind;
+/// What the timeline needs of a checkpoint. From a manifest; for the overview of many
+/// runs, from the store's listing and the attempts' end records, so that listing a store
+/// does not read every manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub seq: u64,
+    pub attempt: u64,
+    /// When it was committed (Unix seconds).
+    pub created: f64,
+    pub epoch: Option<u64>,
+    pub step: Option<u64>,
+    /// Seconds training stood still for it: baton's capture, plus the trainer's save when
+    /// it reports one (`save_seconds`); 0 when unknown.
+    pub cost: f64,
+}
+
+/// The metadata key a trainer may set on a commit (`baton commit --meta
+/// save_seconds=1.8`) to say how long writing the checkpoint files took it; baton only
+/// sees its own capture.
+pub const SAVE_SECONDS_META: &str = "save_seconds";
+
+/// The trainer's own save time, when it reported one.
+pub fn trainer_save_seconds(m: &Manifest) -> Option<f64> {
+    m.meta.get(SAVE_SECONDS_META).and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0)
+}
+
+impl From<&Manifest> for Point {
+    fn from(m: &Manifest) -> Point {
+        let cost = m.sizes.capture_seconds.max(0.0) + trainer_save_seconds(m).unwrap_or(0.0);
+        Point { seq: m.seq, attempt: m.attempt, created: m.created, epoch: m.epoch, step: m.step, cost }
+    }
+}
 
 /// What the simulator saw of one attempt.
 #[derive(Debug, Clone)]
@@ -30,6 +66,9 @@ pub struct AttemptRow {
     /// Seconds since the first attempt started.
     pub start: f64,
     pub duration: f64,
+    /// Seconds from the start until the eviction signal (or the exit): how long the
+    /// attempt was exposed to eviction.
+    pub running_seconds: f64,
     pub ending: String,
     pub restored_seq: Option<u64>,
     pub restored_epoch: Option<u64>,
@@ -37,6 +76,9 @@ pub struct AttemptRow {
     /// Seconds of training this attempt did after its last durable checkpoint, lost to
     /// its eviction and redone by the next attempt.
     pub work_lost: f64,
+    /// Evicted, and a checkpoint was committed after the signal (the trainer saved on it),
+    /// so the interval between checkpoints did not matter to this eviction.
+    pub saved_on_eviction: bool,
     pub restore_seconds: f64,
     pub flush_seconds: Option<f64>,
     /// Seconds since the first attempt started.
@@ -66,17 +108,24 @@ pub struct AttemptRecords {
     pub end: Option<EndRecord>,
 }
 
-/// Rows and totals. `records` are indexed by attempt number; `manifests` are every
-/// checkpoint of the run in the store.
-pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[Manifest]) -> (Vec<AttemptRow>, Totals) {
+/// Rows and totals. `records` are every attempt of the run with a start record, oldest
+/// first; `points` every checkpoint of the run in the store. Bytes are not counted here
+/// (`Totals::add_sizes`), so that an overview can build a timeline without the manifests.
+pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Point]) -> (Vec<AttemptRow>, Totals) {
     let t0 = records.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);
     let mut rows = Vec::new();
     let mut totals = Totals::default();
     let mut last_end = t0;
-    for rec in records {
+    for (i, rec) in records.iter().enumerate() {
         let s = &rec.start;
         let obs = observed.iter().find(|o| o.attempt == s.attempt);
+        let mine: Vec<&Point> = points.iter().filter(|m| m.attempt == s.attempt).collect();
         let train_start = s.started + s.restore_seconds;
+        let last_sign_of_life = mine.iter().map(|m| m.created).fold(train_start, f64::max);
+        // An attempt of a real run that left no end record but was followed by another
+        // was killed without warning (SIGKILL at the end of the vacate window, a lost
+        // machine). When is not recorded: the next start is the latest it can have been.
+        let next_start = records.get(i + 1).map(|r| r.start.started).filter(|_| rec.end.is_none() && obs.is_none());
         // When training stopped: the eviction signal (or the plug pulled), else the
         // command's exit (the end record's time less the final flush).
         let (stopped, end) = match (&rec.end, obs.and_then(|o| o.eviction)) {
@@ -84,28 +133,33 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[M
             (Some(e), _) => (e.ended - e.flush_seconds.unwrap_or(0.0), e.ended),
             (None, Some((_, at))) => (at, obs.map(|o| o.gone_at).unwrap_or(at)),
             (None, None) => {
-                let gone = obs.map(|o| o.gone_at).unwrap_or(s.started);
+                let gone = obs.map(|o| o.gone_at).or(next_start).unwrap_or(last_sign_of_life);
                 (gone, gone)
             }
         };
+        let unwarned = rec.end.is_none() && next_start.is_some();
         let evicted = rec.end.as_ref().is_some_and(|e| e.ending == Ending::Evicted)
-            || (rec.end.is_none() && obs.is_some_and(|o| o.eviction.is_some()));
-        let mine: Vec<&Manifest> = manifests.iter().filter(|m| m.attempt == s.attempt).collect();
+            || (rec.end.is_none() && obs.is_some_and(|o| o.eviction.is_some()))
+            || unwarned;
         let last_save = mine.iter().map(|m| m.created).fold(train_start, f64::max);
         let work_lost = if evicted { (stopped - last_save).max(0.0) } else { 0.0 };
-        let useful = ((stopped - train_start) - work_lost).max(0.0);
-        let restored_epoch = s.restored_seq.and_then(|seq| manifests.iter().find(|m| m.seq == seq)).and_then(|m| m.epoch);
+        // Time spent writing the checkpoints made while training is not training.
+        let saving: f64 = mine.iter().filter(|m| m.created <= stopped).map(|m| m.cost).sum();
+        let useful = ((stopped - train_start) - work_lost - saving).max(0.0);
+        let restored_epoch = s.restored_seq.and_then(|seq| points.iter().find(|m| m.seq == seq)).and_then(|m| m.epoch);
         let ending = match (&rec.end, obs.and_then(|o| o.eviction)) {
             (_, Some((Kind::Hard, _))) => "hard-evicted".to_string(),
             (Some(e), Some((Kind::Soft, _))) if e.ending == Ending::Evicted => "evicted".to_string(),
             (Some(e), _) => e.ending.to_string(),
+            (None, _) if unwarned => "killed (no record)".to_string(),
             (None, _) => "lost (no record)".to_string(),
         };
+        let hard = matches!(obs.and_then(|o| o.eviction), Some((Kind::Hard, _))) || unwarned;
         if evicted {
             totals.evictions += 1;
-            match obs.and_then(|o| o.eviction) {
-                Some((Kind::Hard, _)) => totals.hard += 1,
-                _ => totals.soft += 1,
+            match hard {
+                true => totals.hard += 1,
+                false => totals.soft += 1,
             }
         }
         totals.useful_seconds += useful;
@@ -116,30 +170,38 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], manifests: &[M
         last_end = last_end.max(end);
         rows.push(AttemptRow {
             attempt: s.attempt,
-            slot: obs.map(|o| o.slot.clone()).unwrap_or_else(|| "?".into()),
+            slot: obs.map(|o| o.slot.clone()).unwrap_or_else(|| s.host.clone()),
             device: s.device.clone(),
             start: s.started - t0,
             duration: end - s.started,
+            running_seconds: (stopped - s.started).max(0.0),
             ending,
             restored_seq: s.restored_seq,
             restored_epoch,
             committed: mine.iter().map(|m| m.seq).collect(),
             work_lost,
+            saved_on_eviction: evicted && mine.iter().any(|m| m.created >= stopped),
             restore_seconds: s.restore_seconds,
             flush_seconds: flush,
             evicted_at: if evicted { Some(stopped - t0) } else { None },
         });
-    }
-    for m in manifests {
-        totals.logical_bytes += m.sizes.logical_bytes;
-        totals.new_bytes += m.sizes.new_bytes;
-        totals.stored_bytes += m.sizes.stored_bytes;
     }
     totals.attempts = rows.len();
     totals.wall_seconds = if rows.is_empty() { 0.0 } else { last_end - t0 };
     totals.goodput = if totals.wall_seconds > 0.0 { totals.useful_seconds / totals.wall_seconds } else { 0.0 };
     totals.work_lost_per_eviction = if totals.evictions > 0 { totals.work_lost_seconds / totals.evictions as f64 } else { 0.0 };
     (rows, totals)
+}
+
+impl Totals {
+    /// Add what the checkpoints in `manifests` brought to the store.
+    pub fn add_sizes(&mut self, manifests: &[Manifest]) {
+        for m in manifests {
+            self.logical_bytes += m.sizes.logical_bytes;
+            self.new_bytes += m.sizes.new_bytes;
+            self.stored_bytes += m.sizes.stored_bytes;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +289,9 @@ mod tests {
             Observed { attempt: 3, slot: "a100-40gb".into(), spawned_at: 140.9, eviction: None, gone_at: 160.0 },
         ];
         let manifests = vec![manifest(1, 1, 111.0, 1), manifest(2, 1, 121.0, 2), manifest(3, 2, 135.0, 3), manifest(4, 3, 159.0, 5)];
-        let (rows, t) = compute(&observed, &records, &manifests);
+        let points: Vec<Point> = manifests.iter().map(Point::from).collect();
+        let (rows, mut t) = compute(&observed, &records, &points);
+        t.add_sizes(&manifests);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
         assert!(close(rows[0].work_lost, 5.0), "{}", rows[0].work_lost);
         assert!(close(rows[1].work_lost, 5.0), "{}", rows[1].work_lost);
@@ -241,5 +305,13 @@ mod tests {
         assert_eq!(rows[1].restored_epoch, Some(2));
         assert_eq!(rows[0].committed, vec![1, 2]);
         assert_eq!(t.stored_bytes, 200);
+        // Time spent saving is not training: checkpoint 2 stopped training for 0.5 s of
+        // capture and the 1.0 s the trainer says its save took.
+        let mut costly = manifests.clone();
+        costly[1].sizes.capture_seconds = 0.5;
+        costly[1].meta.insert(SAVE_SECONDS_META.into(), "1.0".into());
+        let points: Vec<Point> = costly.iter().map(Point::from).collect();
+        let (_, t) = compute(&observed, &records, &points);
+        assert!(close(t.useful_seconds, 39.0), "{}", t.useful_seconds);
     }
 }
