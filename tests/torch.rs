@@ -47,6 +47,20 @@ fn batch_lines(log: &str) -> Vec<String> {
 /// One `baton run` attempt on a new empty slot. With `evict_at`, SIGTERM goes to baton as
 /// soon as the trainer prints a line containing it. Returns (status code, stdout, stderr).
 fn attempt(store: &str, run: &str, device: &str, cmd: &[String], evict_at: Option<&str>) -> (Option<i32>, String, String) {
+    attempt_signalling(store, run, device, cmd, evict_at, |_, baton| baton)
+}
+
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(300);
+
+/// attempt(), with SIGTERM going to the pid `whom(log so far, baton's pid)` returns.
+fn attempt_signalling(
+    store: &str,
+    run: &str,
+    device: &str,
+    cmd: &[String],
+    evict_at: Option<&str>,
+    whom: impl Fn(&str, u32) -> u32,
+) -> (Option<i32>, String, String) {
     let slot = tempfile::tempdir().unwrap();
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let mut child = spawn_run(slot.path(), store, run, &[], &["--device", device, "--vacate-window", "60s"], &cmd);
@@ -56,19 +70,45 @@ fn attempt(store: &str, run: &str, device: &str, cmd: &[String], evict_at: Optio
         stdout.read_to_string(&mut s).unwrap();
         s
     });
+    // A trainer that hangs (ranks stuck in mismatched collectives) must fail the test, not
+    // hang it: after ATTEMPT_LIMIT, SIGTERM to baton (which kills the command when its
+    // share of the window is over), and SIGKILL if even that does not end it.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (done, pid) = (done.clone(), child.id());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut fired = false;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let waited = start.elapsed();
+                if !fired && waited > ATTEMPT_LIMIT {
+                    send_signal(pid, libc::SIGTERM);
+                    fired = true;
+                } else if waited > ATTEMPT_LIMIT + Duration::from_secs(120) {
+                    send_signal(pid, libc::SIGKILL);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            fired
+        })
+    };
     let mut err = String::new();
     let mut signalled = false;
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
         if let Some(marker) = evict_at {
             if !signalled && line.contains(marker) {
-                send_signal(child.id(), libc::SIGTERM);
+                send_signal(whom(&err, child.id()), libc::SIGTERM);
                 signalled = true;
             }
         }
         err.push_str(&line);
         err.push('\n');
     }
+    // Set before baton is reaped, so the watchdog never signals a reused pid.
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(!watchdog.join().unwrap(), "the attempt did not end within {ATTEMPT_LIMIT:?}:\n{err}");
     let status = wait_with_timeout(&mut child, Duration::from_secs(120));
     if let Some(marker) = evict_at {
         assert!(signalled, "the trainer never printed {marker:?}:\n{err}");
@@ -279,4 +319,119 @@ fn helper_unit_tests_pass_with_real_torch() {
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("Ran 5 tests") && !err.contains("skipped"), "{err}");
+}
+
+/// examples/ddp_trainer.py: 2 epochs of 16 steps, a commit every 10 steps.
+const DDP: &str = "ddp_trainer.py";
+const DDP_ARGS: &[&str] = &["--epochs", "2", "--commit-every", "10", "--trace"];
+
+/// torchrun with two worker processes on this machine (gloo on CPU); `--standalone`
+/// picks a free rendezvous port, so tests running at once do not collide.
+fn torchrun(extra: &[&str]) -> Vec<String> {
+    let mut cmd: Vec<String> = vec![python().to_str().unwrap().into(), "-m".into(), "torch.distributed.run".into()];
+    cmd.extend(["--standalone", "--nproc-per-node", "2"].map(String::from));
+    cmd.push(example(DDP));
+    cmd.extend(DDP_ARGS.iter().chain(extra).map(|a| a.to_string()));
+    cmd
+}
+
+/// `trainer[R]: batch E S R ...` lines: (epoch, step, rank) and the rest.
+fn ddp_batches(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|l| l.split_once(": batch ").map(|(_, b)| b))
+        .map(|b| {
+            let f: Vec<_> = b.splitn(4, ' ').collect();
+            (f[..3].join(" "), f.get(3).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+/// DDP on one node, really run: `baton run -- torchrun --nproc-per-node 2` (gloo, CPU).
+/// Attempt 1: SIGTERM to rank 1's worker alone, mid-interval. Rank 0 never gets a signal
+/// but stops at the very same step, because the ranks all_reduce their flags at every
+/// step boundary; rank 0 saves and commits after a barrier. Attempt 2: SIGTERM to baton,
+/// which signals torchrun's process group; torchrun forwards it to its workers (each in
+/// a session of its own, so only through torchrun), and each worker's own baton_ckpt
+/// handler sees it. Attempt 3 finishes. Every attempt starts in a new empty directory;
+/// both ranks resume from what baton restored; the final weights equal an uninterrupted
+/// torchrun's bit for bit, and so does every step each rank took (rank 1's loss bits
+/// show that its own dropout RNG stream came back too).
+#[test]
+fn ddp_example_under_torchrun_evicted_ends_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = torchrun(&[]);
+    let out = Command::new(&reference[0])
+        .args(&reference[1..])
+        .current_dir(dir.path())
+        .env_remove("BATON_SOCKET")
+        .env_remove("BATON_CHECKPOINT_DIR")
+        .output()
+        .unwrap();
+    let want_log = text(&out.stderr);
+    assert!(out.status.success(), "the uninterrupted torchrun failed:\n{want_log}");
+    let want = digest_of(&out.stdout).expect("no digest");
+    let want_batches = ddp_batches(&want_log);
+    assert_eq!(want_batches.len(), 2 * 2 * 16, "{want_log}");
+
+    // "trainer[R]: stopped at epoch E step S (own signal: X, now: Y)" of both ranks.
+    let stops = |log: &str| -> Vec<(String, String)> {
+        let v: Vec<_> = log
+            .lines()
+            .filter_map(|l| l.split_once(": stopped at "))
+            .map(|(who, rest)| {
+                let (at, flags) = rest.split_once(" (").unwrap();
+                (at.to_string(), format!("{who} {flags}"))
+            })
+            .collect();
+        assert_eq!(v.len(), 2, "not both ranks stopped:\n{log}");
+        assert_eq!(v[0].0, v[1].0, "the ranks stopped at different steps:\n{log}");
+        assert!(log.contains(&format!("trainer[0]: committed {} seq", v[0].0)), "rank 0 did not commit the stop:\n{log}");
+        v
+    };
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // Slow steps in the evicted attempts only (they change no result): at least 3 s of
+    // training remain after each marker, so the signal always lands mid-run.
+    let slow = torchrun(&["--step-seconds", "0.2"]);
+    let rank1_pid = |log: &str| -> u32 {
+        let l = log.lines().find(|l| l.starts_with("trainer[1]: world=")).expect("rank 1 never started");
+        l.split(" pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (code, _, log1) = attempt_signalling(s, "ddp", "cpu", &slow, Some("trainer[0]: batch 0 12 "), |log, _| rank1_pid(log));
+    // The workers exit 143 after committing; torchrun reports that as its own exit 1.
+    assert_eq!(code, Some(1), "attempt 1:\n{log1}");
+    let first = stops(&log1);
+    assert!(first[0].0 != "epoch 0 step 10", "stopped at the periodic commit, not mid-interval:\n{log1}");
+    let flags: Vec<_> = first.iter().map(|(_, f)| f.as_str()).collect();
+    assert!(flags.iter().any(|f| f.starts_with("trainer[0] own signal: False")), "{log1}");
+    assert!(flags.iter().any(|f| f.starts_with("trainer[1] own signal: True")), "{log1}");
+
+    let (code, _, log2) = attempt(s, "ddp", "cpu", &slow, Some("trainer[0]: batch 1 4 "));
+    assert_eq!(code, Some(1), "attempt 2:\n{log2}");
+    let second = stops(&log2);
+    // Each worker's own handler saw the signal torchrun forwarded.
+    assert!(second.iter().all(|(_, f)| f.ends_with("now: True)")), "{log2}");
+
+    let (code, out, log3) = attempt(s, "ddp", "cpu", &torchrun(&[]), None);
+    let logs = format!("--- 1 ---\n{log1}--- 2 ---\n{log2}--- 3 ---\n{log3}");
+    assert_eq!(code, Some(0), "{logs}");
+    for (log, at) in [(&log2, &first[0].0), (&log3, &second[0].0)] {
+        for rank in 0..2 {
+            assert!(log.contains(&format!("trainer[{rank}]: resumed at {at}\n")), "rank {rank} did not resume at {at}:\n{logs}");
+        }
+    }
+    assert_eq!(digest_of(out.as_bytes()).as_deref(), Some(want.as_str()), "weights differ from the uninterrupted run\n{logs}");
+    let took = ddp_batches(&logs);
+    assert_eq!(took.len(), want_batches.len(), "every (epoch, step, rank) is trained exactly once across attempts:\n{logs}");
+    for step in took {
+        assert!(want_batches.contains(&step), "a step differs from the uninterrupted run: {step:?}\n{logs}");
+    }
+
+    let out = baton().args(["inspect", "--store", s, "ddp", "--json"]).output().unwrap();
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reasons: Vec<_> =
+        run["checkpoints"].as_array().unwrap().iter().map(|c| c["manifest"]["reason"].as_str().unwrap_or("").to_string()).collect();
+    assert!(reasons.contains(&"eviction".into()) && reasons.last().map(String::as_str) == Some("final"), "{reasons:?}");
+    let out = baton().args(["verify", "--store", s, "ddp"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
 }
