@@ -435,3 +435,99 @@ fn ddp_example_under_torchrun_evicted_ends_bit_exact() {
     let out = baton().args(["verify", "--store", s, "ddp"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// The helper's `baton commit` fallback, for real: under `baton run`, a Python whose Unix
+/// sockets are refused (as a sandbox or a broken socket module would) commits through
+/// `$BATON_BIN commit`, and then, with $BATON_BIN gone, through `baton` on PATH. Each
+/// commit returns its seq, and the store holds both with their epoch, step and metadata.
+#[test]
+fn the_helper_falls_back_to_baton_commit_when_the_socket_is_unusable() {
+    let script = r#"
+import os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import baton_ckpt as bc
+real = socket.socket.connect
+def refuse(self, addr):
+    if self.family == socket.AF_UNIX:
+        raise PermissionError(13, "Permission denied (the test refuses AF_UNIX connections)")
+    return real(self, addr)
+socket.socket.connect = refuse
+with open(os.path.join(bc.checkpoint_dir(), "w.bin"), "wb") as f:
+    f.write(b"a" * 1000)
+print("seq", bc.commit(epoch=1, step=2, via="BATON_BIN"), flush=True)
+del os.environ["BATON_BIN"]
+with open(os.path.join(bc.checkpoint_dir(), "w.bin"), "wb") as f:
+    f.write(b"b" * 1000)
+print("seq", bc.commit(epoch=1, step=3, via="PATH"), flush=True)
+"#;
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let path = format!("{}:{}", baton_bin().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let py = python();
+    let pydir = root().join("python");
+    let cmd = [py.to_str().unwrap(), "-c", script, pydir.to_str().unwrap()];
+    let out = output_of(spawn_run(slot.path(), s, "fallback", &[("PATH".into(), path)], &[], &cmd));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout).lines().filter(|l| l.starts_with("seq ")).collect::<Vec<_>>(), ["seq 1", "seq 2"], "{err}");
+    assert_eq!(err.matches("unusable (").count(), 2, "the socket path was not the one refused:\n{err}");
+    let o = baton().args(["inspect", "--store", s, "fallback", "--json"]).output().unwrap();
+    let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<_> = run["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let m = &c["manifest"];
+            format!("{} {} {} {} {}", m["seq"], m["reason"], m["epoch"], m["step"], m["meta"]["via"])
+        })
+        .collect();
+    assert_eq!(got[..2], ["1 \"commit\" 1 2 \"BATON_BIN\"", "2 \"commit\" 1 3 \"PATH\""], "{got:?}\n{err}");
+}
+
+/// Neither way works (baton is gone: its socket refuses connections): commit() raises a
+/// CommitError that names the socket and what the fallback said, and returns no seq;
+/// likewise with no baton binary to fall back on, or one that cannot run.
+#[test]
+fn the_helper_raises_when_neither_the_socket_nor_baton_commit_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import baton_ckpt as bc
+gone = os.path.join(os.getcwd(), "gone.sock")
+s = socket.socket(socket.AF_UNIX)
+s.bind(gone)
+s.close()                   # a stale socket file: connect() is refused
+os.environ["BATON_SOCKET"] = gone
+with open(os.path.join(bc.checkpoint_dir(), "w.bin"), "wb") as f:
+    f.write(b"a")
+cases = {"baton gone": {"BATON_BIN": sys.argv[2]},
+         "no binary": {"BATON_BIN": "", "PATH": "/nonexistent"},
+         "binary cannot run": {"BATON_BIN": "/nonexistent/baton"}}
+for name, env in cases.items():
+    os.environ.update(env)
+    try:
+        seq = bc.commit(epoch=1)
+    except bc.CommitError as e:
+        print(f"{name}: {e}")
+    else:
+        print(f"{name}: committed?! {seq!r}")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, root().join("python").to_str().unwrap(), baton_bin().to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("BATON_CHECKPOINT_DIR", dir.path().join("ckpt"))
+        .output()
+        .unwrap();
+    let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{err}");
+    let said: Vec<_> = stdout.lines().collect();
+    assert_eq!(said.len(), 3, "{stdout}\n{err}");
+    assert!(said.iter().all(|l| l.contains("cannot commit: the commit socket") && l.contains("gone.sock is unusable")), "{stdout}");
+    assert!(said.iter().all(|l| l.ends_with("baton confirmed no commit")), "{stdout}");
+    assert!(said[0].contains("commit` exited 1: ") && said[0].contains("cannot reach the baton supervisor"), "{stdout}");
+    assert!(said[1].contains("no baton binary to fall back on"), "{stdout}");
+    assert!(said[2].contains("/nonexistent/baton cannot be run"), "{stdout}");
+}
