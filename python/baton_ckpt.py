@@ -1,4 +1,4 @@
-"""baton_ckpt: the trainer side of baton (https://github.com/ - see docs/pytorch.md).
+"""baton_ckpt: the trainer side of baton (docs/pytorch.md in baton's source tree).
 
 One file, standard library only at import time, so it can be shipped next to a training
 script with HTCondor's ``transfer_input_files`` as well as installed as the ``baton-ckpt``

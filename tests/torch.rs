@@ -531,3 +531,54 @@ for name, env in cases.items():
     assert!(said[1].contains("no baton binary to fall back on"), "{stdout}");
     assert!(said[2].contains("/nonexistent/baton cannot be run"), "{stdout}");
 }
+
+/// What `make dist` ships (scripts/wheel.sh builds the same way, with pip's isolated build
+/// environment, which needs the package index): the baton-ckpt wheel of python/ builds,
+/// installs with no index into a new virtualenv, and imports there without torch; its
+/// version is the module's __version__, and the installed module is python/baton_ckpt.py.
+#[test]
+fn the_helper_wheel_installs_into_a_fresh_venv_and_imports() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for f in ["baton_ckpt.py", "pyproject.toml", "README.md"] {
+        std::fs::copy(root().join("python").join(f), src.join(f)).unwrap();
+    }
+    let dist = work.path().join("dist");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}:\n{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    // setuptools is in .venv (torch requires it), so no index is needed to build.
+    run(Command::new(python())
+        .args(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-w"])
+        .arg(&dist)
+        .arg(&src));
+    let wheels: Vec<_> = std::fs::read_dir(&dist).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(wheels.len(), 1, "{wheels:?}");
+    let venv = work.path().join("venv");
+    run(Command::new(python()).args(["-m", "venv"]).arg(&venv));
+    run(Command::new(venv.join("bin/python"))
+        .args(["-m", "pip", "install", "-q", "--no-index", "--no-deps", "--disable-pip-version-check"])
+        .arg(dist.join(&wheels[0])));
+    let check = r#"
+import importlib.metadata, sys
+import baton_ckpt as bc
+assert "torch" not in sys.modules, "importing the helper imported torch"
+assert importlib.metadata.version("baton-ckpt") == bc.__version__, (importlib.metadata.version("baton-ckpt"), bc.__version__)
+assert bc.commit() is False
+print(bc.__version__)
+print(bc.__file__)
+"#;
+    let out = run(Command::new(venv.join("bin/python"))
+        .args(["-c", check])
+        .current_dir(work.path())
+        .env_remove("PYTHONPATH")
+        .env_remove("BATON_SOCKET")
+        .env_remove("BATON_CHECKPOINT_DIR"));
+    let (version, file) = out.trim().split_once('\n').unwrap();
+    assert_eq!(wheels[0], format!("baton_ckpt-{version}-py3-none-any.whl"));
+    assert!(file.starts_with(venv.to_str().unwrap()), "imported {file}, not the installed wheel");
+    assert_eq!(std::fs::read(file).unwrap(), std::fs::read(root().join("python/baton_ckpt.py")).unwrap());
+}
