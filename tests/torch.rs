@@ -346,16 +346,31 @@ fn ddp_batches(log: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// DDP on one node, really run: `baton run -- torchrun --nproc-per-node 2` (gloo, CPU).
-/// Attempt 1: SIGTERM to rank 1's worker alone, mid-interval. Rank 0 never gets a signal
-/// but stops at the very same step, because the ranks all_reduce their flags at every
-/// step boundary; rank 0 saves and commits after a barrier. Attempt 2: SIGTERM to baton,
-/// which signals torchrun's process group; torchrun forwards it to its workers (each in
-/// a session of its own, so only through torchrun), and each worker's own baton_ckpt
-/// handler sees it. Attempt 3 finishes. Every attempt starts in a new empty directory;
-/// both ranks resume from what baton restored; the final weights equal an uninterrupted
-/// torchrun's bit for bit, and so does every step each rank took (rank 1's loss bits
-/// show that its own dropout RNG stream came back too).
+/// "trainer[R]: stopped at epoch E step S (own signal: X, now: Y)" of both ranks:
+/// [(at, "trainer[R] own signal: X, now: Y)")]; both at one step, which rank 0 committed.
+fn ddp_stops(log: &str) -> Vec<(String, String)> {
+    let v: Vec<_> = log
+        .lines()
+        .filter_map(|l| l.split_once(": stopped at "))
+        .map(|(who, rest)| {
+            let (at, flags) = rest.split_once(" (").unwrap();
+            (at.to_string(), format!("{who} {flags}"))
+        })
+        .collect();
+    assert_eq!(v.len(), 2, "not both ranks stopped:\n{log}");
+    assert_eq!(v[0].0, v[1].0, "the ranks stopped at different steps:\n{log}");
+    assert!(log.contains(&format!("trainer[0]: committed {} seq", v[0].0)), "rank 0 did not commit the stop:\n{log}");
+    v
+}
+
+/// DDP on one node, really run: `baton run -- torchrun --nproc-per-node 2` (gloo, CPU),
+/// SIGTERM to baton between two commits. baton signals torchrun's process group;
+/// torchrun forwards the signal to its workers (each in a session of its own, so only
+/// through torchrun), and each worker's own baton_ckpt handler sees it; the ranks agree
+/// on the step (all_reduce), rank 0 commits after a barrier. The next attempt starts in
+/// a new empty directory, both ranks resume from what baton restored, and the final
+/// weights equal an uninterrupted torchrun's bit for bit, as does every step each rank
+/// took (rank 1's loss bits show that its own dropout RNG stream came back too).
 #[test]
 fn ddp_example_under_torchrun_evicted_ends_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -373,52 +388,24 @@ fn ddp_example_under_torchrun_evicted_ends_bit_exact() {
     let want_batches = ddp_batches(&want_log);
     assert_eq!(want_batches.len(), 2 * 2 * 16, "{want_log}");
 
-    // "trainer[R]: stopped at epoch E step S (own signal: X, now: Y)" of both ranks.
-    let stops = |log: &str| -> Vec<(String, String)> {
-        let v: Vec<_> = log
-            .lines()
-            .filter_map(|l| l.split_once(": stopped at "))
-            .map(|(who, rest)| {
-                let (at, flags) = rest.split_once(" (").unwrap();
-                (at.to_string(), format!("{who} {flags}"))
-            })
-            .collect();
-        assert_eq!(v.len(), 2, "not both ranks stopped:\n{log}");
-        assert_eq!(v[0].0, v[1].0, "the ranks stopped at different steps:\n{log}");
-        assert!(log.contains(&format!("trainer[0]: committed {} seq", v[0].0)), "rank 0 did not commit the stop:\n{log}");
-        v
-    };
     let store = tempfile::tempdir().unwrap();
     let s = store.path().to_str().unwrap();
-    // Slow steps in the evicted attempts only (they change no result): at least 3 s of
-    // training remain after each marker, so the signal always lands mid-run.
-    let slow = torchrun(&["--step-seconds", "0.2"]);
-    let rank1_pid = |log: &str| -> u32 {
-        let l = log.lines().find(|l| l.starts_with("trainer[1]: world=")).expect("rank 1 never started");
-        l.split(" pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
-    };
-    let (code, _, log1) = attempt_signalling(s, "ddp", "cpu", &slow, Some("trainer[0]: batch 0 12 "), |log, _| rank1_pid(log));
+    // Slow steps in the evicted attempt only (they change no result): 19 steps of 0.2 s
+    // remain after the marker, so the signal always lands mid-run.
+    let (code, _, log1) = attempt(s, "ddp", "cpu", &torchrun(&["--step-seconds", "0.2"]), Some("trainer[0]: batch 0 12 "));
     // The workers exit 143 after committing; torchrun reports that as its own exit 1.
     assert_eq!(code, Some(1), "attempt 1:\n{log1}");
-    let first = stops(&log1);
-    assert!(first[0].0 != "epoch 0 step 10", "stopped at the periodic commit, not mid-interval:\n{log1}");
-    let flags: Vec<_> = first.iter().map(|(_, f)| f.as_str()).collect();
-    assert!(flags.iter().any(|f| f.starts_with("trainer[0] own signal: False")), "{log1}");
-    assert!(flags.iter().any(|f| f.starts_with("trainer[1] own signal: True")), "{log1}");
-
-    let (code, _, log2) = attempt(s, "ddp", "cpu", &slow, Some("trainer[0]: batch 1 4 "));
-    assert_eq!(code, Some(1), "attempt 2:\n{log2}");
-    let second = stops(&log2);
+    let stops = ddp_stops(&log1);
+    assert!(stops[0].0 != "epoch 0 step 10", "stopped at the periodic commit, not between commits:\n{log1}");
     // Each worker's own handler saw the signal torchrun forwarded.
-    assert!(second.iter().all(|(_, f)| f.ends_with("now: True)")), "{log2}");
+    assert!(stops.iter().all(|(_, f)| f.ends_with("now: True)")), "{log1}");
 
-    let (code, out, log3) = attempt(s, "ddp", "cpu", &torchrun(&[]), None);
-    let logs = format!("--- 1 ---\n{log1}--- 2 ---\n{log2}--- 3 ---\n{log3}");
+    let (code, out, log2) = attempt(s, "ddp", "cpu", &torchrun(&[]), None);
+    let logs = format!("--- 1 ---\n{log1}--- 2 ---\n{log2}");
     assert_eq!(code, Some(0), "{logs}");
-    for (log, at) in [(&log2, &first[0].0), (&log3, &second[0].0)] {
-        for rank in 0..2 {
-            assert!(log.contains(&format!("trainer[{rank}]: resumed at {at}\n")), "rank {rank} did not resume at {at}:\n{logs}");
-        }
+    for rank in 0..2 {
+        let at = &stops[0].0;
+        assert!(log2.contains(&format!("trainer[{rank}]: resumed at {at}\n")), "rank {rank} did not resume at {at}:\n{logs}");
     }
     assert_eq!(digest_of(out.as_bytes()).as_deref(), Some(want.as_str()), "weights differ from the uninterrupted run\n{logs}");
     let took = ddp_batches(&logs);
@@ -432,8 +419,37 @@ fn ddp_example_under_torchrun_evicted_ends_bit_exact() {
     let reasons: Vec<_> =
         run["checkpoints"].as_array().unwrap().iter().map(|c| c["manifest"]["reason"].as_str().unwrap_or("").to_string()).collect();
     assert!(reasons.contains(&"eviction".into()) && reasons.last().map(String::as_str) == Some("final"), "{reasons:?}");
+    assert_eq!(run["attempts"][0]["end"]["ending"], "evicted", "{}", run["attempts"]);
     let out = baton().args(["verify", "--store", s, "ddp"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// The ranks agree before they act: SIGTERM to rank 1's worker alone, between two steps.
+/// Rank 0 never gets a signal, yet stops at the very same step, because the ranks
+/// all_reduce their flags at every step boundary; it saves and commits after the
+/// barrier. (Without the all_reduce, tried once, rank 1 waits in the save's barrier and
+/// rank 0 in DDP's gradient all_reduce: a hang, which the attempt's time limit turns
+/// into a failure.)
+#[test]
+fn ddp_ranks_stop_together_when_only_one_gets_the_signal() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let rank1_pid = |log: &str| -> u32 {
+        let l = log.lines().find(|l| l.starts_with("trainer[1]: world=")).expect("rank 1 never started");
+        l.split(" pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let cmd = torchrun(&["--step-seconds", "0.2"]);
+    let (code, _, log) = attempt_signalling(s, "ddp1", "cpu", &cmd, Some("trainer[0]: batch 0 4 "), |log, _| rank1_pid(log));
+    assert_eq!(code, Some(1), "{log}");
+    let stops = ddp_stops(&log);
+    let flags: Vec<_> = stops.iter().map(|(_, f)| f.as_str()).collect();
+    // Rank 0 decides before rank 1 can exit (the barriers), so nothing has signalled it yet.
+    assert!(flags.iter().any(|f| f.starts_with("trainer[0] own signal: False")), "{log}");
+    assert!(flags.iter().any(|f| f.starts_with("trainer[1] own signal: True")), "{log}");
+    let out = baton().args(["inspect", "--store", s, "ddp1", "--json"]).output().unwrap();
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &run["checkpoints"].as_array().unwrap().last().unwrap()["manifest"];
+    assert_eq!(format!("epoch {} step {}", last["epoch"], last["step"]), stops[0].0, "{run}");
 }
 
 /// The helper's `baton commit` fallback, for real: under `baton run`, a Python whose Unix
