@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DistributedDataParallel on one node under baton: a small MLP with dropout on synthetic
-data, one process per rank started by torchrun, gloo on CPU (NCCL on GPUs works
-the same way). Run it as
+data, one process per rank started by torchrun, gloo on CPU (on GPUs: NCCL and one
+device per rank, not done or tried here). Run it as
 
     baton run -- torchrun --standalone --nproc-per-node 2 examples/ddp_trainer.py
 
@@ -135,8 +135,10 @@ def main():
             if stop.item():
                 own = bc.eviction_requested()
                 checkpoint(epoch, step, "eviction")
-                log(f"stopped at epoch {epoch} step {step} (own signal: {own}, now: {bc.eviction_requested()})")
                 dist.destroy_process_group()
+                # Whether this rank's own handler saw a signal: when the ranks agreed,
+                # and now, at the last moment before exiting (tests read this).
+                log(f"stopped at epoch {epoch} step {step} (own signal: {own}, now: {bc.eviction_requested()})")
                 return 143
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
             mine = torch.tensor(batch[rank::world])
