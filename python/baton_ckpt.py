@@ -1,4 +1,4 @@
-"""baton_ckpt: the trainer side of baton (https://github.com/ - see docs/pytorch.md).
+"""baton_ckpt: the trainer side of baton (docs/pytorch.md in baton's source tree).
 
 One file, standard library only at import time, so it can be shipped next to a training
 script with HTCondor's ``transfer_input_files`` as well as installed as the ``baton-ckpt``
@@ -27,6 +27,7 @@ Nothing here talks to the store: upload, restore and verification are baton's jo
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,9 +128,17 @@ def commit(epoch=None, step=None, **meta):
     """Tell baton that the checkpoint directory holds a complete checkpoint.
 
     Returns the checkpoint's seq once baton has captured the files (from then on they may
-    be overwritten). Outside baton it commits nothing, says so once on stderr, and returns
-    False. Raises CommitError when baton refuses. Uses $BATON_SOCKET, falling back to
-    `$BATON_BIN commit` when the socket cannot be reached.
+    be overwritten). Outside baton ($BATON_SOCKET unset) it commits nothing, says so once
+    on stderr, and returns False. Raises CommitError when baton refuses, or when it cannot
+    be reached at all.
+
+    The request goes to $BATON_SOCKET. When that socket cannot be used from this process
+    (the connection or the sending fails, so nothing reached baton), the same request goes
+    through `$BATON_BIN commit` (else `baton` on PATH): the same socket from another
+    process, which helps when this process's sockets are the problem (a sandbox, a
+    patched socket module), not when baton is gone; then CommitError says what both
+    said. A reply lost after the request was sent is not retried: baton may have
+    captured it, and the error says so.
     """
     global _warned_outside
     path = os.environ.get("BATON_SOCKET")
@@ -143,36 +152,60 @@ def commit(epoch=None, step=None, **meta):
            "meta": {str(k): str(v) for k, v in meta.items()}}
     try:
         reply = _commit_socket(path, req)
-    except OSError as e:
-        _log(f"commit socket {path} unreachable ({e}); trying `baton commit`")
-        return _commit_binary(req)
+    except _NotSent as e:
+        _log(f"commit socket {path} unusable ({e.__cause__}); trying `baton commit`")
+        reply = _commit_binary(req, f"the commit socket {path} is unusable ({e.__cause__})")
     if not reply.get("ok"):
         raise CommitError(f"baton refused the commit: {reply.get('error', 'no reply')}")
     return int(reply["seq"])
 
 
+class _NotSent(Exception):
+    """The request never reached baton (so trying another way cannot commit twice)."""
+
+
 def _commit_socket(path, req):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(path)
-        s.sendall((json.dumps(req) + "\n").encode())
-        s.shutdown(socket.SHUT_WR)
-        # Blocks until baton has copied the files: that is the point of a commit.
-        line = s.makefile("r").readline()
+        try:
+            s.connect(path)
+            s.sendall((json.dumps(req) + "\n").encode())
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            raise _NotSent() from e
+        try:
+            # Blocks until baton has copied the files: that is the point of a commit.
+            line = s.makefile("r").readline()
+        except OSError as e:
+            raise CommitError(f"no reply from baton on {path} ({e}): the commit may or may not have been captured")
     return json.loads(line) if line else {"ok": False, "error": "baton closed the socket without a reply"}
 
 
-def _commit_binary(req):
-    cmd = [os.environ.get("BATON_BIN") or "baton", "commit"]
+def _commit_binary(req, why):
+    """`baton commit --json` with the same request: its reply, or CommitError."""
+    exe = os.environ.get("BATON_BIN") or shutil.which("baton")
+    if not exe:
+        raise CommitError(f"cannot commit: {why}, and there is no baton binary to fall back on "
+                          "($BATON_BIN unset, no `baton` on PATH); baton confirmed no commit")
+    cmd = [exe, "commit", "--json"]
     if req["epoch"] is not None:
         cmd += ["--epoch", str(req["epoch"])]
     if req["step"] is not None:
         cmd += ["--step", str(req["step"])]
     for k, v in req["meta"].items():
         cmd += ["--meta", f"{k}={v}"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise CommitError(f"`{' '.join(cmd)}` exited {out.returncode}: {out.stderr.strip()}")
-    return True
+    try:
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    except OSError as e:
+        raise CommitError(f"cannot commit: {why}, and {exe} cannot be run ({e}); baton confirmed no commit") from None
+    lines = out.stdout.strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict) and (reply.get("ok") is False or (out.returncode == 0 and "seq" in reply)):
+        return reply
+    raise CommitError(f"cannot commit: {why}, and `{exe} commit` exited {out.returncode}: "
+                      f"{out.stderr.strip() or 'no message'}; baton confirmed no commit")
 
 
 # --- eviction -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ python3 -m venv "$CHECK/venv"
 "$CHECK/venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index "$WHEEL" ||
     die "the wheel does not install"
 (cd "$CHECK" && env -u BATON_SOCKET "$CHECK/venv/bin/python" -c \
-    'import sys, baton_ckpt as b; assert "torch" not in sys.modules; assert b.commit() is False' 2>/dev/null) ||
+    'import sys, importlib.metadata as m, baton_ckpt as b; assert "torch" not in sys.modules
+assert m.version("baton-ckpt") == b.__version__; assert b.commit() is False' 2>/dev/null) ||
     die "the installed wheel does not import"
 say "OK: $WHEEL"

@@ -22,6 +22,10 @@ pub struct Args {
     /// the files are captured, which for a very large checkpoint takes a while).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
+    /// Print the supervisor's reply on stdout, one JSON line (`{"ok":true,"seq":4}`), so a
+    /// caller learns the checkpoint's seq (baton_ckpt's fallback path reads it).
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
@@ -32,6 +36,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .ok_or_else(|| usage("baton commit must be run by a command started with `baton run` ($BATON_SOCKET is not set)"))?;
     let req = Request { epoch: a.epoch, step: a.step, meta: a.meta.into_iter().collect() };
     let reply = commit::send(&socket, &req, a.timeout).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&reply)?);
+    }
     if reply.ok {
         tracing::debug!("committed checkpoint {}", reply.seq.unwrap_or(0));
         Ok(0)
