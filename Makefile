@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 BATON := target/release/baton
 DEMO  := demo-out
 
-.PHONY: all build demo test unit torture bench bench-tools dist clean venv tools fuzz gpu-check
+.PHONY: all build demo test unit torture bench bench-tools bench-quick dist clean venv tools fuzz gpu-check
 
 all: build
 
@@ -55,12 +55,23 @@ torture: venv
 	status=$${PIPESTATUS[0]}; echo; cat $(TORTURE_OUT)/results.txt 2>/dev/null; exit $$status
 	@if $(MAKE) -n fuzz >/dev/null 2>&1; then $(MAKE) fuzz; else echo "no fuzz target: R4 skipped"; fi
 
+# Everything measured (tens of minutes): baton on the directory store and s3s-fs
+# (docs/benchmarks.md), beside the usual tools with latency, flush and trainer-throughput
+# rows (docs/benchmarks-tools.md), and goodput under preemption.
 bench: build venv
 	bash bench/run.sh
+	bash bench/compare.sh
 	bash bench/goodput.sh
 
 # baton beside aws, tar|zstd|aws, rclone and restic on one s3s-fs server (docs/benchmarks-tools.md).
 bench-tools: build venv
+	bash bench/compare.sh
+
+# Day-to-day (a few minutes): 256 MiB, one repetition, baton beside rclone and restic, 20 ms
+# of added round trip, the flush and the CPU-bound trainer; report in bench-out/quick.md.
+bench-quick: build venv
+	BENCH_MB=256 BENCH_REPS=1 RTTS=20 THROUGHPUT_EPOCHS=3 BENCH_REPORT=$(abspath bench-out)/quick.md \
+	BENCH_COMMAND="make bench-quick" TOOLS="limits baton rclone restic incremental latency flush throughput" \
 	bash bench/compare.sh
 
 clean:

@@ -7,7 +7,9 @@
 #   BENCH_MB     checkpoint size in MiB, split over weights and two Adam moments (2048)
 #   BENCH_REPS   repetitions of every measurement; the median is reported        (3)
 #   BATON        the binary to measure                (target/release/baton)
-#   TOOLS        which to run, space-separated (baton aws aws-tuned tarzstd rclone restic limits)
+#   TOOLS        which to run, space-separated
+#                (limits baton aws aws-tuned tarzstd rclone restic incremental latency flush throughput)
+#   RTTS         round trips added for the latency rows, in ms (20 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,12 +17,15 @@ ROOT=$PWD
 BENCH_MB=${BENCH_MB:-2048}
 BENCH_REPS=${BENCH_REPS:-3}
 BATON=${BATON:-$ROOT/target/release/baton}
-TOOLS=${TOOLS:-"limits baton aws aws-tuned tarzstd rclone restic"}
+TOOLS=${TOOLS:-"limits baton aws aws-tuned tarzstd rclone restic incremental latency flush throughput"}
+RTTS=${RTTS:-"20 50"}
 OUT=$ROOT/bench-out/tools
 DATA=$OUT/ckpt
+DATA2=$OUT/ckpt2
+INC=$OUT/inc
 SRV=$OUT/server
 BIN=$ROOT/bench-out/bin
-REPORT=$ROOT/docs/benchmarks-tools.md
+REPORT=${BENCH_REPORT:-$ROOT/docs/benchmarks-tools.md}
 PY=$ROOT/.venv/bin/python
 AWS=$ROOT/.venv/bin/aws
 PORT=${BENCH_PORT:-8915}
@@ -74,6 +79,31 @@ for name, scale in (("weights.bin", 0.05), ("exp_avg.bin", 1e-3), ("exp_avg_sq.b
                 x = np.abs(x)
             f.write(x.astype("<f4").tobytes())
 EOF
+    touch "$stamp"
+}
+
+# The second checkpoint: the weights with 5% changed (the last 5%, as when only the
+# head is trained), and new optimizer state.
+make_data2() {
+    local stamp=$OUT/.made-ckpt2-$BENCH_MB
+    [[ -f $stamp ]] && return
+    rm -rf "$DATA2" && mkdir -p "$DATA2"
+    say "generating the second checkpoint"
+    "$PY" - "$DATA" "$DATA2" <<'EOF2'
+import sys, numpy as np
+src, out = sys.argv[1], sys.argv[2]
+w = np.fromfile(f"{src}/weights.bin", dtype="<f4")
+k = len(w) * 95 // 100
+w[k:] *= np.float32(1.01)
+w.tofile(f"{out}/weights.bin")
+rng = np.random.default_rng(99)
+for name, scale in (("exp_avg.bin", 1e-3), ("exp_avg_sq.bin", 1e-6)):
+    x = np.fromfile(f"{src}/{name}", dtype="<f4")
+    x = (x * np.float32(0.9) + np.float32(scale) * rng.standard_normal(len(x)).astype("<f4"))
+    if name == "exp_avg_sq.bin":
+        x = np.abs(x)
+    x.tofile(f"{out}/{name}")
+EOF2
     touch "$stamp"
 }
 
@@ -215,6 +245,59 @@ run_tool() {
         measure "restic restore" down restic restore -q latest --target "$r"
         check_restored "$r" restic
         ;;
+    incremental)
+        # The second checkpoint after the first: only what changed should travel.
+        reset_bucket
+        "$BATON" -q run --store "s3://$BUCKET/baton" --run-id inc1 --dir "$DATA" -- true >>"$OUT/log.txt" 2>&1
+        measure "baton" inc "$BATON" -q run --store "s3://$BUCKET/baton" --run-id inc2 --dir "$DATA2" -- true
+        # restic, from one path whose contents change, as a job's checkpoint directory does.
+        restic init -q >>"$OUT/log.txt" 2>&1
+        rm -rf "$INC" && cp -al "$DATA" "$INC"
+        restic backup -q "$INC" >>"$OUT/log.txt" 2>&1
+        rm -rf "$INC" && cp -al "$DATA2" "$INC"
+        measure "restic backup" inc restic backup -q "$INC"
+        rm -rf "$INC"
+        ;;
+    latency)
+        # A proxy that delays every byte by half the round trip each way (no tc netem here).
+        local rtt port proxy
+        for rtt in $RTTS; do
+            port=$((PORT + 100 + rtt))
+            "$ROOT/target/release/examples/delay_proxy" "$port" "127.0.0.1:$PORT" "$rtt" >>"$OUT/log.txt" 2>&1 &
+            proxy=$!
+            sleep 0.3
+            reset_bucket
+            AWS_ENDPOINT_URL=http://127.0.0.1:$port measure "baton" "up@${rtt}ms" "$BATON" -q run --store "s3://$BUCKET/baton" --run-id r1 --dir "$DATA" -- true
+            r=$(restore_dir)
+            AWS_ENDPOINT_URL=http://127.0.0.1:$port measure "baton" "down@${rtt}ms" "$BATON" -q restore --store "s3://$BUCKET/baton" r1 --to "$r/ckpt"
+            check_restored "$r" "baton @${rtt} ms"
+            sed "s#endpoint = http://127.0.0.1:$PORT#endpoint = http://127.0.0.1:$port#" "$RCLONE_CONF" >"$RCLONE_CONF.$rtt"
+            reset_bucket
+            measure "rclone copy" "up@${rtt}ms" rclone --config "$RCLONE_CONF.$rtt" copy "$DATA" "s3s:$BUCKET/rclone" --transfers 8
+            r=$(restore_dir)
+            measure "rclone copy" "down@${rtt}ms" rclone --config "$RCLONE_CONF.$rtt" copy "s3s:$BUCKET/rclone" "$r" --transfers 8 --low-level-retries 1
+            check_restored "$r" "rclone @${rtt} ms"
+            kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null || true
+        done
+        ;;
+    flush)
+        # SIGTERM to a durable manifest, 95% of 1 GiB unchanged (bench/flush.py), on a
+        # directory store and on the S3 server; one repetition per call.
+        reset_bucket
+        rm -rf "$OUT/flush"
+        "$PY" "$ROOT/bench/flush.py" "$BATON" "$OUT/flush/store" "${FLUSH_MB:-1024}" 1 "$OUT/flush/work" 2>>"$OUT/log.txt" |
+            head -1 | sed 's/^/dir\t/' >>"$OUT/flush.tsv"
+        "$PY" "$ROOT/bench/flush.py" "$BATON" "s3://$BUCKET/flush" "${FLUSH_MB:-1024}" 1 "$OUT/flush/work-s3" 2>>"$OUT/log.txt" |
+            head -1 | sed 's/^/s3\t/' >>"$OUT/flush.tsv"
+        rm -rf "$OUT/flush"
+        ;;
+    throughput)
+        # A CPU-bound trainer's throughput under baton against bare (bench/throughput.py).
+        rm -rf "$OUT/tp"
+        "$PY" "$ROOT/bench/throughput.py" "$BATON" "$OUT/tp/store" "${THROUGHPUT_MB:-512}" "${THROUGHPUT_EPOCHS:-6}" 1 "$OUT/tp" \
+            2>>"$OUT/log.txt" | head -1 >>"$OUT/throughput.jsonl"
+        rm -rf "$OUT/tp"
+        ;;
     *) die "unknown tool $tool" ;;
     esac
 }
@@ -222,7 +305,8 @@ run_tool() {
 # --- report ----------------------------------------------------------------------------
 
 report() {
-    "$PY" "$ROOT/bench/report_tools.py" "$RESULTS" "$BENCH_MB" "$BENCH_REPS" "$REPORT" "$(git rev-parse --short HEAD)" "$TOOLS"
+    FLUSH_MB=${FLUSH_MB:-1024} THROUGHPUT_MB=${THROUGHPUT_MB:-512} BENCH_COMMAND=${BENCH_COMMAND:-} \
+        "$PY" "$ROOT/bench/report_tools.py" "$RESULTS" "$BENCH_MB" "$BENCH_REPS" "$REPORT" "$(git rev-parse --short HEAD)" "$TOOLS"
 }
 
 main() {
@@ -230,10 +314,15 @@ main() {
     mkdir -p "$OUT"
     install_tools
     make_data
+    [[ " $TOOLS " != *" incremental "* ]] || make_data2
+    [[ " $TOOLS " != *" latency "* ]] || [[ -x $ROOT/target/release/examples/delay_proxy ]] ||
+        cargo build -q --release --example delay_proxy
     write_configs
     start_server
     : >"$RESULTS"
     : >"$OUT/log.txt"
+    : >"$OUT/flush.tsv"
+    : >"$OUT/throughput.jsonl"
     for rep in $(seq "$BENCH_REPS"); do
         for tool in $TOOLS; do
             say "rep $rep: $tool"

@@ -22,9 +22,9 @@ MAIN_ROWS = {
     "dir-upload-dedup": ("baton upload, same bytes again", "directory"),
     "dir-upload-raw": ("baton upload, empty store, `--zstd-level 0`", "directory"),
     "dir-restore": ("baton restore", "directory"),
-    "s3-upload": ("baton upload, empty store", "S3 (moto)"),
-    "s3-upload-dedup": ("baton upload, same bytes again", "S3 (moto)"),
-    "s3-restore": ("baton restore", "S3 (moto)"),
+    "s3-upload": ("baton upload, empty store", "S3 (s3s-fs)"),
+    "s3-upload-dedup": ("baton upload, same bytes again", "S3 (s3s-fs)"),
+    "s3-restore": ("baton restore", "S3 (s3s-fs)"),
 }
 UPLOADS = ("dir-upload", "dir-upload-dedup", "dir-upload-raw", "s3-upload", "s3-upload-dedup")
 FIELDS = ("bytes", "wall", "rss", "cpu", "server_cpu", "capture", "upload")
@@ -70,7 +70,7 @@ def main_table(runs):
 
 def breakdown_table(runs):
     rows = [
-        "| Command | Store | Median wall (s) | Capture copy (s) | Chunk, hash, compress, store (s) | Rest (s) | baton CPU (s) | moto CPU (s) |",
+        "| Command | Store | Median wall (s) | Capture copy (s) | Chunk, hash, compress, store (s) | Rest (s) | baton CPU (s) | server CPU (s) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label in UPLOADS + ("s3-restore",):
@@ -147,7 +147,7 @@ run overwrites this file. Raw timings and baton's logs stay in `bench-out/`.
 | Kernel, filesystem | {facts['kernel']}, {facts['fs']} |
 | Date | {facts['date']} |
 | baton | {facts['baton']}, commit {facts['commit']}, `cargo build --release` |
-| Tools | {facts['sha256sum']}; {facts['zstd']}; {facts['openssl']}; moto {facts['moto']} |
+| Tools | {facts['sha256sum']}; {facts['zstd']}; {facts['openssl']}; {facts['s3s']} |
 
 ## Results
 
@@ -176,9 +176,11 @@ both from `wait4(2)`.
 - **Directory store** chunk writes are fsynced (temporary file, `fsync`, link into place),
   so the directory-store upload includes writing the stored bytes to disk; the
   baselines, the capture copy and restore only touch the page cache.
-- **S3 (moto)** is moto's S3 server: one Python process on the same {facts['nproc']} cores, keeping
-  every object in memory (reset between repetitions). The CPU it burns is taken from baton
-  (see "moto CPU" below); a real S3 endpoint costs no local CPU but adds network latency.
+- **S3 (s3s-fs)** is s3s-fs, a Rust S3 server keeping objects as files on the same disk, on
+  the same {facts['nproc']} cores (emptied between repetitions). The CPU it burns is taken from
+  baton (see "server CPU" below); a real S3 endpoint costs no local CPU but adds network latency.
+  (moto, the server of the tests, was this bench's server before: it keeps every object in
+  Python's memory and is several times slower than s3s-fs.)
 - **Hash baselines**: GNU `sha256sum` hashes in portable C, while OpenSSL and baton (the
   `sha2` crate) use the CPU's SHA instructions when present (here: {facts['sha_ni']}). That is why
   baton, which hashes every byte twice (per chunk, and per file), can still outrun
@@ -189,7 +191,7 @@ both from `wait4(2)`.
 ### Where the time goes
 
 From baton's own log lines (`captured checkpoint ... in X s`, `... uploaded in X s`); "rest"
-is start-up, the check for a checkpoint to restore, the attempt records and exit. "moto CPU"
+is start-up, the check for a checkpoint to restore, the attempt records and exit. "server CPU"
 is the CPU time the S3 server used during the command. Medians:
 
 {breakdown}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: upload and restore of a generated float32 checkpoint, to a directory
-# store and to a local S3 server (moto), next to `sha256sum` and `zstd -1` of the same
+# store and to a local S3 server (s3s-fs, disk-backed, as in bench/compare.sh), next to `sha256sum` and `zstd -1` of the same
 # bytes. Medians go to docs/benchmarks.md (overwritten) and to stdout.
 #
 # Knobs (environment):
@@ -29,7 +29,7 @@ LOGS=$OUT/logs
 ZST=$OUT/weights.bin.zst
 REPORT=$ROOT/docs/benchmarks.md
 BUCKET=bench
-MOTO_PID=
+SERVER_PID=
 
 die() { echo "bench: $*" >&2; exit 1; }
 say() { echo "== $*"; }
@@ -82,43 +82,50 @@ gen_ckpt() {
 
 # --- the S3 server -------------------------------------------------------------------
 
-start_moto() {
+S3S=$OUT/bin/bin/s3s-fs
+S3S_DIR=$OUT/s3s-data
+start_server() {
+    if [[ ! -x $S3S ]]; then
+        say "installing s3s-fs 0.14.1 (cargo, ~3 min)"
+        cargo install -q s3s-fs@0.14.1 --features binary --locked --root "$OUT/bin"
+    fi
     local port
     port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$OUT/moto.log" 2>&1 &
-    MOTO_PID=$!
-    export AWS_ENDPOINT_URL=http://127.0.0.1:$port
-    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+    rm -rf "$S3S_DIR" && mkdir -p "$S3S_DIR/$BUCKET"
+    "$S3S" --host 127.0.0.1 --port "$port" --access-key benchkey --secret-key benchsecretbenchsecret "$S3S_DIR" >"$OUT/s3s-fs.log" 2>&1 &
+    SERVER_PID=$!
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_ALLOW_HTTP=true
+    export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecretbenchsecret AWS_REGION=us-east-1
+    unset AWS_CA_BUNDLE
     for _ in $(seq 150); do
-        curl -fs -o /dev/null "$AWS_ENDPOINT_URL/moto-api/" && return
-        kill -0 "$MOTO_PID" 2>/dev/null || die "moto_server did not start; see $OUT/moto.log"
+        curl -s -o /dev/null "$AWS_ENDPOINT_URL/" && return
+        kill -0 "$SERVER_PID" 2>/dev/null || die "s3s-fs did not start; see $OUT/s3s-fs.log"
         sleep 0.2
     done
-    die "moto_server did not answer on $AWS_ENDPOINT_URL"
+    die "s3s-fs did not answer on $AWS_ENDPOINT_URL"
 }
 
-stop_moto() {
-    if [[ -n $MOTO_PID ]]; then
-        kill "$MOTO_PID" 2>/dev/null || true
-        wait "$MOTO_PID" 2>/dev/null || true
-        MOTO_PID=
+stop_server() {
+    if [[ -n $SERVER_PID ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
     fi
 }
 
-# moto keeps every object in memory: drop them all, then make an empty bucket.
+# s3s-fs keeps objects as files: an empty bucket is an empty directory.
 fresh_bucket() {
-    curl -fsS -o /dev/null -X POST "$AWS_ENDPOINT_URL/moto-api/reset"
-    curl -fsS -o /dev/null -X PUT "$AWS_ENDPOINT_URL/$BUCKET"
+    rm -rf "${S3S_DIR:?}/$BUCKET" && mkdir -p "$S3S_DIR/$BUCKET"
 }
 
 # --- measuring -----------------------------------------------------------------------
 
 # measure LABEL BYTES COMMAND...: time one run, append it to $RESULTS. For S3 labels the
-# CPU time moto used meanwhile is recorded too: it runs on the same cores.
+# CPU time the S3 server used meanwhile is recorded too: it runs on the same cores.
 measure() {
     local label=$1 bytes=$2 server=()
     shift 2
-    [[ $label != s3-* ]] || server=(--server "$MOTO_PID")
+    [[ $label != s3-* ]] || server=(--server "$SERVER_PID")
     "$PY" bench/measure.py "$RESULTS" "$label" "$REP" "$bytes" "$LOGS/$label.$REP.log" "${server[@]}" -- "$@"
 }
 
@@ -221,12 +228,12 @@ record_machine() {
         echo "sha256sum=$(sha256sum --version | head -n1)"
         echo "zstd=zstd $(zstd -q -V)"
         echo "openssl=$(openssl version 2>/dev/null | cut -d' ' -f1-2 || echo "no openssl")"
-        echo "moto=$("$PY" -c 'import moto; print(moto.__version__)')"
+        echo "s3s=s3s-fs 0.14.1"
     } >"$FACTS"
 }
 
 cleanup() {
-    stop_moto
+    stop_server
     rm -rf "$OUT"/store-* "$OUT/restored" "$OUT/copy.bin" "$ZST" "$OUT"/.baton-ckpt*
 }
 
@@ -246,7 +253,7 @@ main() {
     small_bytes=$(stat -c %s "$SMALL/weights.bin")
     record_machine
     make_zst
-    start_moto
+    start_server
 
     # Repetitions are interleaved, so that a noisy minute hurts one sample of each.
     for REP in $(seq "$BENCH_REPS"); do
