@@ -141,3 +141,46 @@ pub async fn load_all(store: &Store, run: &RunId) -> crate::store::Result<Vec<Re
     }
     Ok(out)
 }
+
+/// Records for tests elsewhere (the timeline, the interval advice).
+#[cfg(test)]
+pub(crate) mod samples {
+    use super::*;
+
+    pub fn start(n: u64, started: f64, restore: f64, restored: Option<u64>) -> StartRecord {
+        StartRecord {
+            format: 1,
+            run_id: "r".into(),
+            attempt: n,
+            host: "h".into(),
+            device: "cpu".into(),
+            device_info: None,
+            started,
+            restored_seq: restored,
+            skipped_damaged: vec![],
+            restore_seconds: restore,
+            vacate_window_seconds: 30.0,
+            vacate_window_source: "test".into(),
+            htcondor: crate::htcondor::JobIds::default(),
+            baton_version: "t".into(),
+        }
+    }
+
+    pub fn end(n: u64, ended: f64, ending: Ending, evicted_at: Option<f64>, flush: f64) -> EndRecord {
+        EndRecord {
+            format: 1,
+            attempt: n,
+            ended,
+            ending,
+            exit_code: Some(0),
+            signal: None,
+            committed: vec![],
+            durable: vec![],
+            eviction_signal: evicted_at.map(|_| 15),
+            evicted_at,
+            flush_seconds: Some(flush),
+            drain_seconds: None,
+            error: None,
+        }
+    }
+}

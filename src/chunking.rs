@@ -195,17 +195,21 @@ mod tests {
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
-    #[test]
-    fn incompressible_data_is_stored_raw() {
-        let mut x: u64 = 0x9E3779B97F4A7C15;
-        let data: Vec<u8> = (0..100_000)
+    /// Bytes that do not compress (xorshift).
+    fn noise(mut x: u64, n: usize) -> Vec<u8> {
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let data = noise(0x9E3779B97F4A7C15, 100_000);
         let stored = encode(data.clone(), 1).unwrap();
         assert_eq!(stored, data);
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
@@ -301,15 +305,7 @@ mod tests {
 
     #[test]
     fn large_files_are_cut_in_larger_chunks_that_still_share_unchanged_regions() {
-        let mut x: u64 = 0x2545F4914F6CDD1D;
-        let data: Vec<u8> = (0..(80usize << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(0x2545F4914F6CDD1D, 80 << 20);
         let cut = |d: &[u8]| -> Vec<Vec<u8>> { chunks(d, d.len() as u64).collect::<Result<_, _>>().unwrap() };
         let parts = cut(&data);
         assert!(parts.iter().all(|p| p.len() <= LARGE_CUT.max as usize));
