@@ -61,7 +61,7 @@ install_tools() {
 make_data() {
     local stamp=$OUT/.made-ckpt-$BENCH_MB
     [[ -f $stamp ]] && return
-    rm -rf "$DATA" && mkdir -p "$DATA"
+    rm -rf "$DATA" "$OUT"/.made-ckpt-* "$OUT"/.made-ckpt2-* && mkdir -p "$DATA"
     say "generating $BENCH_MB MiB of float32 weights and Adam moments"
     "$PY" - "$DATA" "$BENCH_MB" <<'EOF'
 import sys, numpy as np
