@@ -229,6 +229,7 @@ mod tests {
             vacate_window_source: "test".into(),
             htcondor: JobIds::default(),
             baton_version: "t".into(),
+            nodes: None,
         })
     }
 
@@ -268,6 +269,7 @@ mod tests {
             writer: "w".into(),
             files: vec![],
             sizes: Sizes { capture_seconds: 0.5, upload_seconds: 1.0, ..Default::default() },
+            part: None,
         }
     }
 

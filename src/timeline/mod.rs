@@ -226,6 +226,7 @@ mod tests {
             vacate_window_source: "test".into(),
             htcondor: JobIds::default(),
             baton_version: "t".into(),
+            nodes: None,
         }
     }
 
@@ -265,6 +266,7 @@ mod tests {
             writer: "w".into(),
             files: vec![],
             sizes: Sizes { logical_bytes: 100, new_bytes: 60, stored_bytes: 50, ..Default::default() },
+            part: None,
         }
     }
 
