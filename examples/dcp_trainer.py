@@ -165,6 +165,10 @@ def main():
     checkpoint(epoch, 0)
     if rank == 0:
         print(f"digest: {digest(model)}", flush=True)
+        # The weights themselves (float32, little-endian, hex), for comparisons across
+        # world sizes, where equality is not to be had.
+        flat = torch.cat([t.detach().reshape(-1) for _, t in sorted(model.state_dict().items())])
+        print(f"params: {flat.to(torch.float32).numpy().astype('<f4').tobytes().hex()}", flush=True)
     dist.destroy_process_group()
     return 0
 
