@@ -148,8 +148,10 @@ fn batches(log: &str) -> Vec<(String, String)> {
 
 /// An uninterrupted two-node run under baton: (digest, weights, batch lines). Computed
 /// once for the tests that compare with it.
-fn reference() -> &'static (String, Vec<f32>, Vec<(String, String)>) {
-    static R: OnceLock<(String, Vec<f32>, Vec<(String, String)>)> = OnceLock::new();
+type Reference = (String, Vec<f32>, Vec<(String, String)>);
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
     R.get_or_init(|| {
         let store = tempfile::tempdir().unwrap();
         let runs = run_nodes(store.path().to_str().unwrap(), "reference", &two_nodes(&[]), None);
