@@ -18,6 +18,8 @@ pub struct Attempt {
     pub htcondor: JobIds,
     /// Unique per process; lets a manifest read-back tell two writers apart.
     pub writer: String,
+    /// On a run on several nodes: the part of each checkpoint this attempt writes.
+    pub part: Option<crate::manifest::Part>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +43,27 @@ pub struct StartRecord {
     #[serde(default, skip_serializing_if = "JobIds::is_empty")]
     pub htcondor: JobIds,
     pub baton_version: String,
+    /// On a run on several nodes: which node this attempt is, how the nodes met, and
+    /// the world size of the checkpoint it restored (a change of size shows here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeStart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStart {
+    pub node: u32,
+    pub nodes: u32,
+    /// The rendezvous generation this attempt published (node 0) or joined, and the
+    /// address in it (none for a single-node attempt: it records the world size only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_port: Option<u16>,
+    /// How many nodes wrote the checkpoint restored (1: a single-node manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_nodes: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +186,7 @@ pub(crate) mod samples {
             vacate_window_source: "test".into(),
             htcondor: crate::htcondor::JobIds::default(),
             baton_version: "t".into(),
+            nodes: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum ExitCode {
     /// The command kept exiting with the checkpoint exit code without changing its
     /// checkpoint; baton stopped restarting it.
     NoProgress = 74,
+    /// A node of a run on several nodes waited for node 0's address in vain.
+    Rendezvous = 75,
     /// The command could not be executed: found but not executable.
     NotExecutable = 126,
     /// The command was not found.
@@ -50,6 +52,8 @@ pub enum ErrorKind {
     Conflict,
     /// The command restarts in place without making progress.
     NoProgress,
+    /// Node 0 of a run on several nodes did not publish its address in time.
+    Rendezvous,
     /// The training command was not found.
     CommandNotFound,
     /// The training command was found but could not be executed.
@@ -69,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Checkpoint => ExitCode::Checkpoint,
             ErrorKind::Conflict => ExitCode::Conflict,
             ErrorKind::NoProgress => ExitCode::NoProgress,
+            ErrorKind::Rendezvous => ExitCode::Rendezvous,
             ErrorKind::CommandNotFound => ExitCode::NotFound,
             ErrorKind::CommandNotExecutable => ExitCode::NotExecutable,
         }
@@ -146,13 +151,14 @@ mod tests {
             ErrorKind::Checkpoint,
             ErrorKind::Conflict,
             ErrorKind::NoProgress,
+            ErrorKind::Rendezvous,
             ErrorKind::CommandNotExecutable,
             ErrorKind::CommandNotFound,
         ]
         .iter()
         .map(|k| k.exit_code() as i32)
         .collect();
-        assert_eq!(codes, [2, 70, 70, 71, 72, 73, 74, 126, 127]);
+        assert_eq!(codes, [2, 70, 70, 71, 72, 73, 74, 75, 126, 127]);
         assert!(ErrorKind::Transient.is_transient());
         assert!(!ErrorKind::Permanent.is_transient());
     }

@@ -16,6 +16,7 @@ pub mod htcondor;
 pub mod identity;
 pub mod interval;
 pub mod manifest;
+pub mod nodes;
 pub mod overview;
 pub mod pelican;
 pub mod process;

@@ -99,6 +99,23 @@ pub struct Manifest {
     pub writer: String,
     pub files: Vec<FileEntry>,
     pub sizes: Sizes,
+    /// On a run on several nodes: which node's part of the checkpoint this is. Absent on
+    /// the manifests of single-node runs (and on every manifest older baton wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// One node's part of a checkpoint of a run on several nodes (`nodes::complete` decides
+/// when a checkpoint's parts make a whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// This node's rank, 0 to `nodes - 1`.
+    pub node: u32,
+    /// How many nodes the run had when the part was written: the parts a complete
+    /// checkpoint has.
+    pub nodes: u32,
+    /// The rendezvous generation the nodes met in: parts of one checkpoint all have it.
+    pub generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +130,8 @@ pub enum ManifestError {
     BadPath { path: String, why: &'static str },
     #[error("file {path:?}: {why}")]
     BadEntry { path: String, why: String },
+    #[error("checkpoint part: {0}")]
+    PartMismatch(String),
     #[error("manifest lists {0} files, more than baton accepts")]
     TooManyFiles(usize),
 }
@@ -155,12 +174,34 @@ impl Manifest {
 
     /// Parse and validate a manifest read from `runs/<run>/checkpoints/<seq>.json`.
     pub fn from_store(bytes: &[u8], run: &str, seq: u64) -> Result<Manifest, ManifestError> {
+        Self::from_store_at(bytes, run, seq, None)
+    }
+
+    /// Parse and validate a manifest, or with `Some(node)` node `node`'s part of
+    /// checkpoint `seq`: a part must say it is that node's, a manifest that it is none.
+    pub fn from_store_at(bytes: &[u8], run: &str, seq: u64, node: Option<u32>) -> Result<Manifest, ManifestError> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
         if !(OLDEST_FORMAT..=FORMAT).contains(&m.format) {
             return Err(ManifestError::Format(m.format));
         }
         if m.run_id != run || m.seq != seq {
             return Err(ManifestError::Misplaced { expected: run.into(), expected_seq: seq, found: m.run_id.clone(), found_seq: m.seq });
+        }
+        match (node, m.part) {
+            (None, None) => {}
+            (None, Some(p)) => {
+                return Err(ManifestError::PartMismatch(format!("stored as a whole checkpoint, it says it is node {}'s part", p.node)))
+            }
+            (Some(n), None) => {
+                return Err(ManifestError::PartMismatch(format!("stored as node {n}'s part, it says it is a whole checkpoint")))
+            }
+            (Some(n), Some(p)) if p.node != n => {
+                return Err(ManifestError::PartMismatch(format!("stored as node {n}'s part, it says it is node {}'s", p.node)))
+            }
+            (Some(_), Some(p)) if p.node >= p.nodes || p.nodes > crate::store::MAX_NODES => {
+                return Err(ManifestError::PartMismatch(format!("node {} of {} nodes is impossible", p.node, p.nodes)))
+            }
+            (Some(_), Some(_)) => {}
         }
         m.validate()?;
         Ok(m)
@@ -257,6 +298,7 @@ mod tests {
                 chunks: vec![ChunkRef { hash: "b".repeat(64), size: 3 }],
             }],
             sizes: Sizes::default(),
+            part: None,
         }
     }
 
@@ -316,6 +358,18 @@ mod tests {
         m.validate().unwrap();
         m.files[0].path.push('x');
         assert!(m.validate().is_err(), "4096 bytes");
+    }
+
+    #[test]
+    fn a_part_is_read_only_as_the_part_it_says_it_is() {
+        let mut m = sample();
+        assert!(matches!(Manifest::from_store_at(&m.to_bytes(), "r", 1, Some(0)), Err(ManifestError::PartMismatch(_))));
+        m.part = Some(Part { node: 1, nodes: 2, generation: 3 });
+        assert_eq!(Manifest::from_store_at(&m.to_bytes(), "r", 1, Some(1)).unwrap(), m);
+        assert!(matches!(Manifest::from_store_at(&m.to_bytes(), "r", 1, Some(0)), Err(ManifestError::PartMismatch(_))));
+        assert!(matches!(Manifest::from_store(&m.to_bytes(), "r", 1), Err(ManifestError::PartMismatch(_))));
+        m.part = Some(Part { node: 2, nodes: 2, generation: 3 });
+        assert!(matches!(Manifest::from_store_at(&m.to_bytes(), "r", 1, Some(2)), Err(ManifestError::PartMismatch(_))));
     }
 
     #[test]

@@ -69,6 +69,19 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
             })?;
             referenced.extend(m.chunk_hashes().map(str::to_string));
         }
+        // Checkpoints of runs on several nodes, in parts: never pruned yet, and every
+        // part's chunks are kept, complete or not (a node may still be uploading).
+        for (seq, nodes) in store.list_parts(run).await? {
+            for (node, part) in crate::nodes::read_parts(store, run, seq, &nodes).await? {
+                let m = part.map_err(|e| {
+                    Failure::new(
+                        ErrorKind::Integrity,
+                        format!("checkpoint {seq} of run {run}, node {node}'s part: {e}; cannot tell which chunks it needs, so no chunk is deleted"),
+                    )
+                })?;
+                referenced.extend(m.chunk_hashes().map(str::to_string));
+            }
+        }
     }
     let now = crate::attempt::now() as i64;
     let mut stored = HashSet::new();

@@ -32,6 +32,7 @@ fn attempt() -> Attempt {
         device_info: None,
         htcondor: JobIds::default(),
         writer: "round-trip-test".into(),
+        part: None,
     }
 }
 

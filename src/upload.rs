@@ -284,9 +284,10 @@ async fn publish(store: &Store, attempt: &Attempt, info: &CommitInfo, files: Vec
         writer: attempt.writer.clone(),
         files,
         sizes,
+        part: attempt.part,
     };
     manifest.validate()?;
-    store.put_manifest(&attempt.run, info.seq, manifest.to_bytes().into()).await?;
+    store.put_checkpoint(&attempt.run, info.seq, attempt.part.map(|p| p.node), manifest.to_bytes().into()).await?;
     Ok(manifest)
 }
 

@@ -24,6 +24,10 @@ pub struct Report {
     pub chunks: usize,
     pub bytes: u64,
     pub damaged: Vec<Damage>,
+    /// Checkpoints of runs on several nodes that some node's part is missing from (a node
+    /// lost before it uploaded, or still uploading): never restored, and not damage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<Damage>,
 }
 
 /// Check checkpoint `seq` of `run`, adding what is damaged to `report`. An error is
@@ -43,6 +47,18 @@ pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize
             return Ok(());
         }
     };
+    files(store, run, seq, &m, concurrency, report).await
+}
+
+/// Check every file of `m` (a checkpoint or one node's part of it).
+async fn files(
+    store: &Store,
+    run: &RunId,
+    seq: u64,
+    m: &crate::manifest::Manifest,
+    concurrency: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     for f in &m.files {
         report.files += 1;
         report.chunks += f.chunks.len();
@@ -53,6 +69,38 @@ pub async fn checkpoint(store: &Store, run: &RunId, seq: u64, concurrency: usize
                 report.damaged.push(Damage { run: run.to_string(), seq, file: Some(f.path.clone()), problem: detail })
             }
             Err(e) => report.damaged.push(Damage { run: run.to_string(), seq, file: Some(f.path.clone()), problem: e.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+/// Check checkpoint `seq` of a run on several nodes: every part listed (`nodes`), each
+/// part's files, and whether the parts make a complete checkpoint (`nodes::complete`).
+pub async fn parts(store: &Store, run: &RunId, seq: u64, nodes: &[u32], concurrency: usize, report: &mut Report) -> anyhow::Result<()> {
+    report.checkpoints += 1;
+    let read = crate::nodes::read_parts(store, run, seq, nodes).await?;
+    let mut damaged = false;
+    for (node, part) in &read {
+        match part {
+            Ok(m) => {
+                let before = report.damaged.len();
+                files(store, run, seq, m, concurrency, report).await?;
+                for d in &mut report.damaged[before..] {
+                    d.file = d.file.take().map(|f| format!("{f} (node {node}'s part)"));
+                }
+                damaged |= report.damaged.len() > before;
+            }
+            Err(e) => {
+                damaged = true;
+                report.damaged.push(Damage { run: run.to_string(), seq, file: None, problem: format!("node {node}'s part: {e}") });
+            }
+        }
+    }
+    if let (Err(why), false) = (crate::nodes::complete(seq, &read), damaged) {
+        let d = Damage { run: run.to_string(), seq, file: None, problem: why };
+        match d.problem.starts_with("incomplete") {
+            true => report.incomplete.push(d),
+            false => report.damaged.push(d),
         }
     }
     Ok(())

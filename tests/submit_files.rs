@@ -676,7 +676,7 @@ fn dag_blocks_name_documented_submit_files_whose_nodes_parse() {
     for d in dags {
         let dag = parse_dag(&d.text).unwrap_or_else(|e| panic!("{}: {e}", d.at()));
         assert!(dag.jobs.len() >= 2, "{}: a multi-node example needs several nodes", d.at());
-        let mut run_ids = Vec::new();
+        let mut nodes = Vec::new();
         for (node, file) in &dag.jobs {
             let b = submit_files.get(file).unwrap_or_else(|| panic!("{}: JOB {node} {file}: no ```condor block named {file}", d.at()));
             let submit = parse_submit(&b.text).unwrap();
@@ -686,12 +686,17 @@ fn dag_blocks_name_documented_submit_files_whose_nodes_parse() {
             let job = check_baton_job(&submit, &vars, &b.text).unwrap_or_else(|e| panic!("{} as node {node}: {e}", b.at()));
             let id = job.run_id.unwrap_or_else(|| panic!("{}: node {node} needs an explicit --run-id (a DAG retry is a new job)", b.at()));
             assert!(!id.contains("$("), "{id}");
-            run_ids.push(id);
+            let flag = |name: &str| job.argv.iter().position(|a| a == name).and_then(|i| job.argv.get(i + 1)).cloned();
+            nodes.push((id, flag("--nodes"), flag("--node-rank")));
         }
-        let mut unique = run_ids.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), run_ids.len(), "{}: ranks share a run id: {run_ids:?}", d.at());
+        // One run on several nodes: the same run id and node count, a rank each.
+        let (id, count) = (&nodes[0].0, &nodes[0].1);
+        assert!(nodes.iter().all(|(i, c, _)| i == id && c == count), "{}: the nodes of one run differ: {nodes:?}", d.at());
+        assert_eq!(count.as_deref(), Some(nodes.len().to_string().as_str()), "{}: --nodes is the DAG's node count: {nodes:?}", d.at());
+        let mut ranks: Vec<_> = nodes.iter().map(|(_, _, r)| r.clone().expect("a --node-rank")).collect();
+        ranks.sort();
+        ranks.dedup();
+        assert_eq!(ranks.len(), nodes.len(), "{}: two nodes share a rank: {nodes:?}", d.at());
     }
 }
 

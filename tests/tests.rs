@@ -19,6 +19,8 @@ mod damage;
 mod eviction;
 // The Pelican/OSDF store end to end through the binary: retries, tokens, read back by pelicanfs.
 mod pelican;
+// Runs on several nodes: rendezvous through the store, checkpoints in parts, one node evicted, restarts at another size.
+mod nodes;
 // The command's process family: nothing it starts outlives baton; exit status passes through.
 mod process_family;
 // `baton advise`, `simulate --interval-sweep`, and `baton inspect` over many runs.

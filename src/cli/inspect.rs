@@ -51,6 +51,9 @@ struct CheckpointRow {
 struct RunDetail {
     run_id: String,
     checkpoints: Vec<CheckpointRow>,
+    /// Checkpoints of runs on several nodes: the parts each has, and whether complete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<baton::nodes::PartsRow>,
     attempts: Vec<Records>,
     /// What `baton advise RUN` says, at its default confidence.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,7 +116,8 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
 async fn show_run(store: &Store, run: &RunId, json: bool, svg: Option<&std::path::Path>) -> anyhow::Result<i32> {
     let seqs = store.list_manifests(run).await?;
     let attempts = baton::attempt::load_all(store, run).await?;
-    if seqs.is_empty() && attempts.is_empty() {
+    let parts = baton::nodes::parts_rows(store, run).await?;
+    if seqs.is_empty() && attempts.is_empty() && parts.is_empty() {
         return Err(Failure::new(ErrorKind::Usage, format!("no run {run} in {}; `baton inspect` lists the runs", store.url())).into());
     }
     let mut checkpoints = Vec::new();
@@ -131,7 +135,7 @@ async fn show_run(store: &Store, run: &RunId, json: bool, svg: Option<&std::path
         std::fs::write(path, picture).with_context(|| format!("cannot write the timeline to {}", path.display()))?;
     }
     let advice = baton::interval::advise(&rows, &totals, &manifests, ADVICE_CONFIDENCE, None);
-    let detail = RunDetail { run_id: run.to_string(), checkpoints, attempts, advice: advice.as_ref().ok().cloned() };
+    let detail = RunDetail { run_id: run.to_string(), checkpoints, parts, attempts, advice: advice.as_ref().ok().cloned() };
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(0);
@@ -158,13 +162,44 @@ async fn show_run(store: &Store, run: &RunId, json: bool, svg: Option<&std::path
             None => println!("{:>5} DAMAGED: {}", c.seq, c.error.as_deref().unwrap_or("")),
         }
     }
+    if !detail.parts.is_empty() {
+        println!("\ncheckpoints of several nodes, in parts:");
+        println!("{:>5} {:>6} {:>7} {:>5} {:>10} {:<12} STATE", "SEQ", "EPOCH", "STEP", "NODES", "GENERATION", "PARTS");
+        for p in &detail.parts {
+            let present = p.present.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            let state = match &p.problem {
+                None => "complete".to_string(),
+                Some(why) => format!("NOT RESTORABLE: {why}"),
+            };
+            println!(
+                "{:>5} {:>6} {:>7} {:>5} {:>10} {:<12} {state}",
+                p.seq,
+                opt(p.epoch),
+                opt(p.step),
+                opt(p.nodes),
+                opt(p.generation),
+                present
+            );
+        }
+    }
     println!(
         "\n{:>7} {:<20} {:<20} {:<24} {:>8} {:<12} {:>6} COMMITTED/DURABLE",
         "ATTEMPT", "HOST", "STARTED", "DEVICE", "RESTORED", "ENDING", "STATUS"
     );
     for a in &detail.attempts {
         let (host, started, device, restored) = match &a.start {
-            Some(s) => (s.host.clone(), format::time(s.started), s.device.clone(), opt(s.restored_seq)),
+            Some(s) => (
+                match &s.nodes {
+                    Some(n) => format!("{} (node {}/{})", s.host, n.node, n.nodes),
+                    None => s.host.clone(),
+                },
+                format::time(s.started),
+                s.device.clone(),
+                match s.nodes.as_ref().and_then(|n| n.restored_nodes.map(|r| (r, n.nodes))) {
+                    Some((r, n)) if r != n => format!("{} ({r}->{n} nodes)", opt(s.restored_seq)),
+                    _ => opt(s.restored_seq),
+                },
+            ),
             None => ("?".into(), "?".into(), "?".into(), "?".into()),
         };
         let (ending, status, commits) = match &a.end {
@@ -188,6 +223,43 @@ async fn show_run(store: &Store, run: &RunId, json: bool, svg: Option<&std::path
 }
 
 async fn show_checkpoint(store: &Store, run: &RunId, seq: u64, json: bool) -> anyhow::Result<i32> {
+    // A checkpoint of several nodes: each node's part, as it is stored.
+    if let (Some(nodes), false) = (store.list_parts(run).await?.remove(&seq), store.list_manifests(run).await?.contains(&seq)) {
+        let parts = baton::nodes::read_parts(store, run, seq, &nodes).await?;
+        let verdict = baton::nodes::complete(seq, &parts);
+        if json {
+            let v: Vec<serde_json::Value> = parts
+                .iter()
+                .map(|(n, p)| match p {
+                    Ok(m) => serde_json::json!({"node": n, "manifest": m}),
+                    Err(e) => serde_json::json!({"node": n, "error": e}),
+                })
+                .collect();
+            let out = serde_json::json!({"seq": seq, "complete": verdict.is_ok(), "problem": verdict.err(), "parts": v});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(0);
+        }
+        println!("run {run} checkpoint {seq}: {}", verdict.err().unwrap_or_else(|| "complete".into()));
+        for (n, p) in &parts {
+            match p {
+                Ok(m) => {
+                    println!(
+                        "\nnode {n}'s part: attempt {}, on {} ({}), epoch {} step {}",
+                        m.attempt,
+                        m.host,
+                        m.device,
+                        opt(m.epoch),
+                        opt(m.step)
+                    );
+                    for f in &m.files {
+                        println!("{:>10} {:>6o} {:>6}  {:<64}  {}", f.size, f.mode, f.chunks.len(), f.sha256, f.path);
+                    }
+                }
+                Err(e) => println!("\nnode {n}'s part: DAMAGED: {e}"),
+            }
+        }
+        return Ok(0);
+    }
     let m = load_manifest(store, run, seq).await.map_err(|e| Failure::new(ErrorKind::Permanent, baton::error::chain(&e)))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);

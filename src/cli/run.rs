@@ -28,7 +28,7 @@ exits with the command's status before the window ends.",
     after_help = "Examples:\n  baton run --store s3://bucket/ckpt --run-id resnet-1 -- python3 train.py --epochs 90\n  \
 baton run --checkpoint-exit-code 85 -- ./train.sh          (existing exit-85 jobs)\n\
 Environment given to the command: BATON_CHECKPOINT_DIR, BATON_RUN_ID, BATON_ATTEMPT, BATON_RESTORED_SEQ/EPOCH/STEP, \
-BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN, BATON_FAMILY (marks the command's processes for cleanup)."
+BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN, BATON_FAMILY (marks the command's processes for cleanup); with --nodes above 1 also MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES (for torchrun), BATON_NODE_RANK, BATON_NODES, BATON_RENDEZVOUS_GENERATION, and BATON_RESTORED_NODES (the node count of the checkpoint restored)."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -64,6 +64,23 @@ pub struct Args {
     /// The device to record and pass as BATON_DEVICE [default: from the machine ad or nvidia-smi, else cpu].
     #[arg(long, value_name = "NAME")]
     device: Option<String>,
+    /// Nodes of a run on several nodes: every node runs `baton run` with the same run id,
+    /// its --node-rank and this count (docs/htcondor.md, section 6) [default: 1].
+    #[arg(long, value_name = "N", env = "BATON_NODES", value_parser = clap::value_parser!(u32).range(1..=baton::store::MAX_NODES as i64))]
+    nodes: Option<u32>,
+    /// This node's rank, 0 to N-1, with --nodes N (in a submit file with `queue N`:
+    /// --node-rank $(ProcId)). Node 0 publishes its address in the store; the others wait for it.
+    #[arg(long, value_name = "RANK", env = "BATON_NODE_RANK")]
+    node_rank: Option<u32>,
+    /// How long a node other than node 0 waits for node 0's address.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
+    rendezvous_timeout: Duration,
+    /// Node 0: the address the other nodes reach it at [default: this host's routed address].
+    #[arg(long, value_name = "ADDR")]
+    master_addr: Option<String>,
+    /// Node 0: the port torchrun listens on [default: a free one].
+    #[arg(long, value_name = "PORT")]
+    master_port: Option<u16>,
     /// The training command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -173,6 +190,23 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             (info.to_string(), Some(info))
         }
     };
+    let nodes = match (a.nodes.unwrap_or(1), a.node_rank) {
+        (1, None | Some(0)) => None,
+        (1, Some(r)) => return Err(usage(format!("--node-rank {r} needs --nodes with more than {r} nodes"))),
+        (n, None) => {
+            return Err(usage(format!(
+                "--nodes {n} needs this node's --node-rank (0 to {}); in a submit file with `queue {n}`: --node-rank $(ProcId)",
+                n - 1
+            )))
+        }
+        (n, Some(r)) if r >= n => return Err(usage(format!("--node-rank {r} is out of range for --nodes {n} (0 to {})", n - 1))),
+        (n, Some(r)) => Some(supervisor::NodesConfig {
+            topology: baton::nodes::Topology { node: r, nodes: n },
+            master_addr: a.master_addr,
+            master_port: a.master_port,
+            timeout: a.rendezvous_timeout,
+        }),
+    };
     let store = a.store.open()?;
     let cfg = RunConfig {
         store,
@@ -188,6 +222,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         device,
         device_info,
         job_ids: sandbox.job_ids(),
+        nodes,
     };
     supervisor::run(cfg).await
 }

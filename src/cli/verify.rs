@@ -48,15 +48,26 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     };
     let mut report = baton::verify::Report::default();
     for run in &runs {
-        let seqs = match a.checkpoint {
+        // Checkpoints of runs on several nodes are kept in parts, one per node.
+        let mut parts = store.list_parts(run).await?;
+        let mut seqs = match a.checkpoint {
             Some(s) => vec![s],
             None => store.list_manifests(run).await?,
         };
+        if a.checkpoint.is_none() {
+            seqs.extend(parts.keys().copied());
+            seqs.sort_unstable();
+            seqs.dedup();
+        }
         if seqs.is_empty() && a.run.is_some() {
             return Err(Failure::new(ErrorKind::Usage, format!("run {run} has no checkpoints in {}", store.url())).into());
         }
+        let whole: std::collections::BTreeSet<u64> = store.list_manifests(run).await?.into_iter().collect();
         for seq in seqs {
-            baton::verify::checkpoint(&store, run, seq, 8, &mut report).await?;
+            match parts.remove(&seq) {
+                Some(nodes) if !whole.contains(&seq) => baton::verify::parts(&store, run, seq, &nodes, 8, &mut report).await?,
+                _ => baton::verify::checkpoint(&store, run, seq, 8, &mut report).await?,
+            }
         }
     }
     let repair = match (a.repair, report.damaged.is_empty()) {
@@ -82,6 +93,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             }
             println!("{} damaged chunk(s): {} repaired", r.damaged_chunks, r.repaired.len());
         }
+        for d in &report.incomplete {
+            println!("INCOMPLETE run {} checkpoint {}: {} (never restored)", d.run, d.seq, d.problem);
+        }
         for d in &report.damaged {
             match &d.file {
                 Some(f) => println!("DAMAGED  run {} checkpoint {} file {}: {}", d.run, d.seq, f, d.problem),
@@ -94,7 +108,12 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             report.files,
             report.chunks,
             report.bytes as f64 / 1e6,
-            if report.damaged.is_empty() { "all intact".to_string() } else { format!("{} damaged", report.damaged.len()) }
+            match (report.damaged.len(), report.incomplete.len()) {
+                (0, 0) => "all intact".to_string(),
+                (0, i) => format!("all intact, {i} incomplete"),
+                (d, 0) => format!("{d} damaged"),
+                (d, i) => format!("{d} damaged, {i} incomplete"),
+            }
         );
     }
     Ok(if report.damaged.is_empty() { 0 } else { ExitCode::Damaged as i32 })

@@ -239,6 +239,7 @@ mod tests {
             writer: "w".into(),
             files: vec![],
             sizes: Sizes { capture_seconds: 0.5, upload_seconds: 1.0, ..Default::default() },
+            part: None,
         }
     }
 

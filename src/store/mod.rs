@@ -180,6 +180,44 @@ fn seq_of_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Nodes of one run: part names have four digits.
+pub const MAX_NODES: u32 = 4096;
+
+/// Node `node`'s part of checkpoint `seq` of a run on several nodes: a manifest of that
+/// node's files. The checkpoint is complete when every node's part is there (`nodes`).
+pub(crate) fn part_key(run: &RunId, seq: u64, node: u32) -> String {
+    format!("runs/{}/parts/{:010}/{:04}.json", run, seq, node)
+}
+
+/// (seq, node) for a key under `runs/<run>/parts/`, only in the form `part_key` writes.
+fn part_of_name(rest: &str) -> Option<(u64, u32)> {
+    let (dir, file) = rest.split_once('/')?;
+    let seq = seq_of_name(&format!("{dir}.json"))?;
+    let digits = file.strip_suffix(".json")?;
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let node: u32 = digits.parse().ok()?;
+    (node < MAX_NODES).then_some((seq, node))
+}
+
+/// Rendezvous generations are bounded like attempt numbers.
+pub const MAX_GENERATION: u64 = 999_999_999;
+
+/// Where node 0 of a run on several nodes publishes its address for one generation
+/// (one start of node 0), write-once.
+fn rendezvous_key(run: &RunId, generation: u64) -> String {
+    format!("runs/{}/rendezvous/{:09}.json", run, generation)
+}
+
+fn generation_of_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    if digits.len() != 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Attempt numbers are bounded like seqs, so reserving the next one cannot overflow.
 pub const MAX_ATTEMPT: u64 = 999_999_999;
 
@@ -313,7 +351,16 @@ impl Store {
     /// Write a manifest create-only, then read it back: a backend that ignores the
     /// condition must not let two writers both believe they own `seq`.
     pub async fn put_manifest(&self, run: &RunId, seq: u64, body: Bytes) -> Result<()> {
-        let key = manifest_key(run, seq);
+        self.put_checkpoint(run, seq, None, body).await
+    }
+
+    /// `put_manifest`, or with `Some(node)` node `node`'s part of checkpoint `seq` (runs
+    /// on several nodes), with the same create-only write and read-back.
+    pub async fn put_checkpoint(&self, run: &RunId, seq: u64, node: Option<u32>, body: Bytes) -> Result<()> {
+        let key = match node {
+            Some(n) => part_key(run, seq, n),
+            None => manifest_key(run, seq),
+        };
         if seq > MAX_SEQ {
             return Err(StoreError::Damaged {
                 key,
@@ -360,6 +407,67 @@ impl Store {
 
     pub async fn get_manifest_bytes(&self, run: &RunId, seq: u64) -> Result<Bytes> {
         self.backend.get(&manifest_key(run, seq), MAX_MANIFEST_BYTES).await
+    }
+
+    /// The manifest of `seq`, or with `Some(node)` that node's part of it.
+    pub async fn get_checkpoint_bytes(&self, run: &RunId, seq: u64, node: Option<u32>) -> Result<Bytes> {
+        match node {
+            Some(n) => self.backend.get(&part_key(run, seq, n), MAX_MANIFEST_BYTES).await,
+            None => self.get_manifest_bytes(run, seq).await,
+        }
+    }
+
+    /// The parts of checkpoints of a run on several nodes: seq to the nodes whose part is
+    /// listed, ascending. Empty for a run that never ran on several nodes.
+    pub async fn list_parts(&self, run: &RunId) -> Result<std::collections::BTreeMap<u64, Vec<u32>>> {
+        let prefix = format!("runs/{}/parts/", run);
+        let mut parts: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+        for o in self.backend.list(&prefix).await? {
+            let Some(rest) = o.key.strip_prefix(&prefix) else { continue };
+            match part_of_name(rest) {
+                Some((seq, node)) => parts.entry(seq).or_default().push(node),
+                None if rest.ends_with(".json") => warn_ignored(&o.key, "not a checkpoint part name baton writes; remove it"),
+                None => {}
+            }
+        }
+        for nodes in parts.values_mut() {
+            nodes.sort_unstable();
+            nodes.dedup();
+        }
+        Ok(parts)
+    }
+
+    /// Publish a rendezvous record create-only and read it back: `Created` only when the
+    /// record there is this one (a server that ignores the condition may let another
+    /// writer's record stand under the name).
+    pub async fn put_rendezvous(&self, run: &RunId, generation: u64, body: Bytes) -> Result<PutOutcome> {
+        let key = rendezvous_key(run, generation);
+        if generation > MAX_GENERATION {
+            return Err(StoreError::Damaged {
+                key,
+                detail: format!("rendezvous generations stop at {MAX_GENERATION}; a stray record with a huge number is probably in the store: remove it"),
+            });
+        }
+        if self.backend.put(&key, body.clone(), true).await? == PutOutcome::AlreadyExists {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        match self.backend.get(&key, MAX_RECORD_BYTES).await? == body {
+            true => Ok(PutOutcome::Created),
+            false => Ok(PutOutcome::AlreadyExists),
+        }
+    }
+
+    pub async fn get_rendezvous(&self, run: &RunId, generation: u64) -> Result<Bytes> {
+        self.backend.get(&rendezvous_key(run, generation), MAX_RECORD_BYTES).await
+    }
+
+    /// Rendezvous generations of a run, ascending.
+    pub async fn list_rendezvous(&self, run: &RunId) -> Result<Vec<u64>> {
+        let prefix = format!("runs/{}/rendezvous/", run);
+        let mut gens: Vec<u64> = self.backend.list_names(&prefix).await?.iter().filter_map(|n| generation_of_name(n)).collect();
+        gens.sort_unstable();
+        gens.dedup();
+        Ok(gens)
     }
 
     pub async fn delete_manifest(&self, run: &RunId, seq: u64) -> Result<()> {
@@ -499,6 +607,28 @@ mod tests {
         }
         // Whatever is listed, the next seq is representable and gets a name listing sees.
         assert!(MAX_SEQ.checked_add(1).is_some());
+    }
+
+    #[test]
+    fn only_the_names_baton_writes_are_parts_and_generations() {
+        let run = RunId::parse("r").unwrap();
+        let prefix = "runs/r/parts/";
+        for (seq, node) in [(1, 0), (42, 1), (MAX_SEQ, MAX_NODES - 1)] {
+            let key = part_key(&run, seq, node);
+            assert_eq!(part_of_name(key.strip_prefix(prefix).unwrap()), Some((seq, node)), "{key}");
+        }
+        for rest in
+            ["0000000001/1.json", "0000000001/00001.json", "1/0001.json", "0000000001/4096.json", "0000000001/0001.tmp", "0000000001"]
+        {
+            assert_eq!(part_of_name(rest), None, "{rest}");
+        }
+        for g in [1, 7, MAX_GENERATION] {
+            let key = rendezvous_key(&run, g);
+            assert_eq!(generation_of_name(key.rsplit('/').next().unwrap()), Some(g), "{key}");
+        }
+        for name in ["1.json", "0000000001.json", "00000001a.json", "000000001.tmp"] {
+            assert_eq!(generation_of_name(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::attempt::Attempt;
+use crate::attempt::{Attempt, NodeStart};
 use crate::commit;
 use crate::manifest::Manifest;
 
@@ -62,6 +62,29 @@ pub fn for_trainer(attempt: &Attempt, dir: &Path, socket: &Path, from: Option<&S
     Env { set, unset }
 }
 
+/// What torchrun and the trainer need to know of the other nodes: torchrun's own names
+/// (MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES, for `--master-addr "$MASTER_ADDR"` and
+/// the like) and baton's. A single-node attempt that restored a checkpoint of several
+/// nodes learns only that size.
+pub fn for_node(n: &NodeStart) -> Vec<(String, String)> {
+    let mut set = Vec::new();
+    if let (Some(addr), Some(port), Some(generation)) = (&n.master_addr, n.master_port, n.generation) {
+        set.extend([
+            ("MASTER_ADDR".to_string(), addr.clone()),
+            ("MASTER_PORT".to_string(), port.to_string()),
+            ("NODE_RANK".to_string(), n.node.to_string()),
+            ("NNODES".to_string(), n.nodes.to_string()),
+            ("BATON_NODE_RANK".to_string(), n.node.to_string()),
+            ("BATON_NODES".to_string(), n.nodes.to_string()),
+            ("BATON_RENDEZVOUS_GENERATION".to_string(), generation.to_string()),
+        ]);
+    }
+    if let Some(r) = n.restored_nodes {
+        set.push(("BATON_RESTORED_NODES".to_string(), r.to_string()));
+    }
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +100,7 @@ mod tests {
             device_info: None,
             htcondor: Default::default(),
             writer: "node7:1:1".into(),
+            part: None,
         }
     }
 

@@ -60,6 +60,19 @@ pub struct RunConfig {
     pub device: String,
     pub device_info: Option<crate::device::DeviceInfo>,
     pub job_ids: JobIds,
+    /// A run on several nodes (`--nodes` above 1); none for a single-node run.
+    pub nodes: Option<NodesConfig>,
+}
+
+/// This node of a run on several nodes, and how it meets the others.
+#[derive(Debug, Clone)]
+pub struct NodesConfig {
+    pub topology: crate::nodes::Topology,
+    /// Node 0: the address and port it publishes [default: its routed address, a free port].
+    pub master_addr: Option<String>,
+    pub master_port: Option<u16>,
+    /// The other nodes: how long they wait for node 0's address.
+    pub timeout: Duration,
 }
 
 /// Wrap the command: restore, launch, supervise until it ends, flush, record how it
@@ -72,13 +85,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let started = attempt::now();
     let known = KnownChunks::default();
 
-    let restored = restoring::restore_newest(&cfg, &state_dir, &known).await?;
-    let next_seq = cfg.store.list_manifests(&cfg.run).await?.last().map(|s| s + 1).unwrap_or(1);
-    let attempt = records::start(&cfg, &restored, started).await?;
+    let prepared = match restoring::prepare(&cfg, &state_dir, &known, &mut signals).await? {
+        restoring::Start::Ready(p) => p,
+        restoring::Start::Evicted(sig) => return Ok(128 + sig),
+    };
+    let restoring::Prepared { restored, next_seq, node } = *prepared;
+    let attempt = records::start(&cfg, &restored, started, node.clone()).await?;
     let (socket, commits) = CommitSocket::open(&state_dir)?;
     let (uploader, uploads) = Uploader::spawn(cfg.store.clone(), attempt.clone(), cfg.upload.clone(), known);
     let started_from = restored.found.as_ref().map(|(m, _)| StartedFrom::restored(m));
     let mut sv = Supervisor::new(cfg, attempt, state_dir, socket.path(), started_from, next_seq, uploader);
+    sv.node_env = node.as_ref().map(env::for_node).unwrap_or_default();
 
     // Evicted while restoring: starting the command now would only waste the window.
     if let Some(sig) = events::eviction_pending(&mut signals) {
@@ -177,6 +194,8 @@ struct Supervisor {
     /// Another writer took a checkpoint of this attempt while it flushed: the attempt
     /// ends as a conflict (exit 73) once the flush is over, as it would have while running.
     conflict: Option<crate::error::Failure>,
+    /// MASTER_ADDR, NODE_RANK and the like, on several nodes.
+    node_env: Vec<(String, String)>,
 }
 
 impl Supervisor {
@@ -210,12 +229,14 @@ impl Supervisor {
             family: String::new(),
             watcher: None,
             conflict: None,
+            node_env: Vec::new(),
         }
     }
 
     fn launch(&mut self) -> Result<(), process::SpawnError> {
         self.start_watcher();
         let mut env = env::for_trainer(&self.attempt, &self.cfg.dir, &self.socket, self.started_from.as_ref());
+        env.set.extend(self.node_env.iter().cloned());
         if !self.family.is_empty() {
             env.set.push((watcher::FAMILY_ENV.into(), self.family.clone()));
         }

@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use super::{deadlines, Phase, RunConfig, Supervisor, Timing};
-use crate::attempt::{self, Attempt, EndRecord, Ending, StartRecord};
+use crate::attempt::{self, Attempt, EndRecord, Ending, NodeStart, StartRecord};
+use crate::manifest::Part;
 use crate::process::Exit;
 use crate::restore::Restored;
 
 /// Write the start record, taking the next attempt number, and say who this attempt is.
-pub async fn start(cfg: &RunConfig, restored: &Restored, started: f64) -> anyhow::Result<Attempt> {
+pub async fn start(cfg: &RunConfig, restored: &Restored, started: f64, node: Option<NodeStart>) -> anyhow::Result<Attempt> {
     let host = attempt::hostname();
     let record = StartRecord {
         format: 1,
@@ -26,6 +27,7 @@ pub async fn start(cfg: &RunConfig, restored: &Restored, started: f64) -> anyhow
         vacate_window_source: cfg.window_source.clone(),
         htcondor: cfg.job_ids.clone(),
         baton_version: env!("CARGO_PKG_VERSION").into(),
+        nodes: node.clone(),
     };
     let number = attempt::reserve(&cfg.store, &cfg.run, record).await?;
     tracing::info!(
@@ -43,6 +45,12 @@ pub async fn start(cfg: &RunConfig, restored: &Restored, started: f64) -> anyhow
         device_info: cfg.device_info.clone(),
         htcondor: cfg.job_ids.clone(),
         writer: format!("{host}:{}:{}", std::process::id(), (started * 1e6) as u64),
+        // Parts only on several nodes: a single-node attempt writes whole manifests.
+        part: cfg.nodes.as_ref().zip(node.and_then(|n| n.generation)).map(|(nc, generation)| Part {
+            node: nc.topology.node,
+            nodes: nc.topology.nodes,
+            generation,
+        }),
     })
 }
 

@@ -134,7 +134,7 @@ impl Target {
     /// does: the loser finds out within one commit and stops loudly (exit 73) instead of
     /// training on while its checkpoints hold the other writer's bytes.
     async fn still_ours(&self, m: &Manifest) -> anyhow::Result<()> {
-        let there = self.store.get_manifest_bytes(&self.attempt.run, m.seq).await?;
+        let there = self.store.get_checkpoint_bytes(&self.attempt.run, m.seq, m.part.map(|p| p.node)).await?;
         if there != m.to_bytes() {
             return Err(StoreError::Conflict {
                 key: format!("checkpoint {} of run {}", m.seq, self.attempt.run),
@@ -323,6 +323,7 @@ mod tests {
             device_info: None,
             htcondor: Default::default(),
             writer: "test:1:1".into(),
+            part: None,
         };
         Fixture { _store: store_dir, live, staging, store, attempt }
     }

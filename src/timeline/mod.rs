@@ -230,6 +230,7 @@ mod tests {
             writer: "w".into(),
             files: vec![],
             sizes: Sizes { logical_bytes: 100, new_bytes: 60, stored_bytes: 50, ..Default::default() },
+            part: None,
         }
     }
 

@@ -24,7 +24,16 @@ pub fn baton_bin() -> PathBuf {
 pub fn baton() -> Command {
     let mut c = Command::new(baton_bin());
     // Tests must not see the developer's own store or run settings.
-    for k in ["BATON_STORE", "BATON_RUN_ID", "BATON_SOCKET", "_CONDOR_JOB_AD", "_CONDOR_MACHINE_AD", "_CONDOR_SCRATCH_DIR"] {
+    for k in [
+        "BATON_STORE",
+        "BATON_RUN_ID",
+        "BATON_SOCKET",
+        "BATON_NODES",
+        "BATON_NODE_RANK",
+        "_CONDOR_JOB_AD",
+        "_CONDOR_MACHINE_AD",
+        "_CONDOR_SCRATCH_DIR",
+    ] {
         c.env_remove(k);
     }
     c.env("BATON_LOG", "baton=info");

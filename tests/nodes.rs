@@ -1,0 +1,359 @@
+//! Runs on several nodes (issue 14): two `baton run` processes on this machine, each with
+//! its own checkpoint directory, meeting through the store. The torch tests wrap
+//! `torchrun --nnodes 2 --nproc-per-node 1` (gloo on 127.0.0.1) around
+//! examples/dcp_trainer.py, which saves with torch.distributed.checkpoint; the cheap ones
+//! wrap a shell script that writes one file per node and commits it.
+
+use crate::common::*;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("BATON_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(p.exists(), "{} not found: run the tests with `make test`, which installs torch into .venv", p.display());
+    p
+}
+
+fn example() -> String {
+    root().join("examples/dcp_trainer.py").to_str().unwrap().to_string()
+}
+
+/// One epoch of 16 steps, a commit every 5.
+const ARGS: &[&str] = &["--epochs", "1", "--commit-every", "5", "--trace"];
+
+/// torchrun as one node of `nodes` (the rank and address from baton's environment), or
+/// on its own (`nodes` 1: `--standalone`, no rendezvous).
+fn torchrun(nodes: u32, extra: &[&str]) -> Vec<String> {
+    let py = python().to_str().unwrap().to_string();
+    let args: Vec<String> = ARGS.iter().chain(extra).map(|a| a.to_string()).collect();
+    if nodes == 1 {
+        let mut cmd = vec![py, "-m".into(), "torch.distributed.run".into(), "--standalone".into(), "--nproc-per-node".into(), "1".into()];
+        cmd.push(example());
+        cmd.extend(args);
+        return cmd;
+    }
+    let script = format!(
+        "exec {py} -m torch.distributed.run --nnodes \"$NNODES\" --node-rank \"$NODE_RANK\" --nproc-per-node 1 \
+         --master-addr \"$MASTER_ADDR\" --master-port \"$MASTER_PORT\" {} {}",
+        example(),
+        args.join(" ")
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// What one `baton run` node did.
+struct NodeRun {
+    code: Option<i32>,
+    out: String,
+    err: String,
+}
+
+/// Run `baton run` on every node in `nodes` at once (each with a new empty slot); with
+/// `evict`, SIGTERM goes to node `evict.0`'s baton as soon as its stderr has a line
+/// containing `evict.1`.
+fn run_nodes(store: &str, run: &str, nodes: &[(Vec<String>, Vec<String>)], evict: Option<(usize, &str)>) -> Vec<NodeRun> {
+    let mut handles = Vec::new();
+    for (i, (flags, cmd)) in nodes.iter().enumerate() {
+        let (store, run, flags, cmd) = (store.to_string(), run.to_string(), flags.clone(), cmd.clone());
+        let marker = evict.filter(|(n, _)| *n == i).map(|(_, m)| m.to_string());
+        handles.push(std::thread::spawn(move || {
+            let slot = tempfile::tempdir().unwrap();
+            let mut extra: Vec<&str> = vec!["--device", "cpu", "--vacate-window", "60s"];
+            extra.extend(flags.iter().map(String::as_str));
+            let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let mut child = spawn_run(slot.path(), &store, &run, &[], &extra, &cmd);
+            let mut stdout = child.stdout.take().unwrap();
+            let out = std::thread::spawn(move || {
+                let mut s = String::new();
+                stdout.read_to_string(&mut s).unwrap();
+                s
+            });
+            let pid = child.id();
+            let done = Arc::new(Mutex::new(false));
+            // A hang (ranks stuck in a collective) fails the test instead of hanging it.
+            let watchdog = {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    while !*done.lock().unwrap() {
+                        if start.elapsed() > Duration::from_secs(240) {
+                            send_signal(pid, libc::SIGKILL);
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    false
+                })
+            };
+            let mut err = String::new();
+            let mut signalled = false;
+            for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+                let line = line.unwrap();
+                if let Some(m) = &marker {
+                    if !signalled && line.contains(m.as_str()) {
+                        send_signal(pid, libc::SIGTERM);
+                        signalled = true;
+                    }
+                }
+                err.push_str(&line);
+                err.push('\n');
+            }
+            let status = wait_with_timeout(&mut child, Duration::from_secs(120));
+            *done.lock().unwrap() = true;
+            assert!(!watchdog.join().unwrap(), "node {i} hung:\n{err}");
+            if let Some(m) = &marker {
+                assert!(signalled, "node {i} never printed {m:?}:\n{err}");
+            }
+            NodeRun { code: status.code(), out: out.join().unwrap(), err }
+        }));
+    }
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn two_nodes(extra: &[&str]) -> Vec<(Vec<String>, Vec<String>)> {
+    (0..2)
+        .map(|r| {
+            let flags = vec!["--nodes".into(), "2".into(), "--node-rank".into(), r.to_string(), "--master-addr".into(), "127.0.0.1".into()];
+            (flags, torchrun(2, extra))
+        })
+        .collect()
+}
+
+fn one_node(extra: &[&str]) -> Vec<(Vec<String>, Vec<String>)> {
+    vec![(vec![], torchrun(1, extra))]
+}
+
+fn logs(runs: &[NodeRun]) -> String {
+    runs.iter().enumerate().map(|(i, r)| format!("--- node {i} (exit {:?}) ---\n{}", r.code, r.err)).collect()
+}
+
+/// The weights the `params:` line gives (float32).
+fn params_of(out: &str) -> Vec<f32> {
+    let line = out.lines().find_map(|l| l.strip_prefix("params: ")).expect("no params line");
+    hex::decode(line.trim()).unwrap().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// `trainer[R]: batch E S R ...` lines: ("E S R", the rest).
+fn batches(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|l| l.split_once(": batch ").map(|(_, b)| b))
+        .map(|b| {
+            let f: Vec<_> = b.splitn(4, ' ').collect();
+            (f[..3].join(" "), f.get(3).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+/// An uninterrupted two-node run under baton: (digest, weights, batch lines). Computed
+/// once for the tests that compare with it.
+type Reference = (String, Vec<f32>, Vec<(String, String)>);
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        let store = tempfile::tempdir().unwrap();
+        let runs = run_nodes(store.path().to_str().unwrap(), "reference", &two_nodes(&[]), None);
+        assert!(runs.iter().all(|r| r.code == Some(0)), "the uninterrupted two-node run failed:\n{}", logs(&runs));
+        let digest = digest_of(runs[0].out.as_bytes()).expect("no digest");
+        let all = batches(&logs(&runs));
+        assert_eq!(all.len(), 2 * 16, "{}", logs(&runs));
+        (digest, params_of(&runs[0].out), all)
+    })
+}
+
+/// "trainer[R]: stopped at epoch E step S" of every rank: all at one step, returned.
+fn stopped_at(runs: &[NodeRun], ranks: usize) -> String {
+    let all = logs(runs);
+    let stops: Vec<&str> =
+        all.lines().filter_map(|l| l.split_once(": stopped at ")).map(|(_, rest)| rest.split(" (").next().unwrap()).collect();
+    assert_eq!(stops.len(), ranks, "not every rank stopped:\n{all}");
+    assert!(stops.iter().all(|s| *s == stops[0]), "the ranks stopped at different steps:\n{all}");
+    stops[0].to_string()
+}
+
+fn inspect(store: &str, run: &str) -> serde_json::Value {
+    let out = baton().args(["inspect", "--store", store, run, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The issue's scenario. Two nodes train; node 1 alone gets SIGTERM mid-interval. Its
+/// torchrun forwards it to its trainer, the ranks agree on the step (all_reduce), both
+/// save it with DCP and each node commits its part; node 0's trainer exits 143 too, so
+/// the checkpoint of that step is complete although only node 1 was evicted. Both
+/// restart in new empty directories with a new rendezvous generation, every node
+/// restores both parts, and the final weights equal the uninterrupted run's bit for bit,
+/// as does every step each rank took.
+#[test]
+fn two_nodes_one_evicted_resume_bit_exact() {
+    let (want, _, want_batches) = reference();
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let first = run_nodes(s, "two", &two_nodes(&["--step-seconds", "0.2"]), Some((1, "trainer[1]: batch 0 7 ")));
+    let at = stopped_at(&first, 2);
+    assert!(first.iter().all(|r| r.code == Some(1)), "torchrun exits 1 after its worker's 143:\n{}", logs(&first));
+    assert!(first[1].err.contains("eviction signal"), "node 1 was evicted:\n{}", first[1].err);
+    assert!(!first[0].err.contains("eviction signal"), "node 0 never got a signal:\n{}", first[0].err);
+
+    let second = run_nodes(s, "two", &two_nodes(&[]), None);
+    let all = format!("{}{}", logs(&first), logs(&second));
+    assert!(second.iter().all(|r| r.code == Some(0)), "{all}");
+    for (rank, r) in second.iter().enumerate() {
+        assert!(r.err.contains(&format!("trainer[{rank}]: resumed at {at}\n")), "rank {rank} did not resume at {at}:\n{all}");
+        assert!(r.err.contains("rendezvous generation 2"), "not a new generation:\n{all}");
+    }
+    assert_eq!(digest_of(second[0].out.as_bytes()).as_deref(), Some(want.as_str()), "weights differ from the uninterrupted run\n{all}");
+    let took = batches(&all);
+    assert_eq!(took.len(), want_batches.len(), "every (epoch, step, rank) is trained exactly once across attempts:\n{all}");
+    for step in took {
+        assert!(want_batches.contains(&step), "a step differs from the uninterrupted run: {step:?}\n{all}");
+    }
+
+    let run = inspect(s, "two");
+    let parts = run["parts"].as_array().unwrap();
+    let evicted = parts.iter().find(|p| format!("epoch {} step {}", p["epoch"], p["step"]) == at).expect("the eviction's checkpoint");
+    assert_eq!(evicted["complete"], true, "{run}");
+    assert_eq!(evicted["present"], serde_json::json!([0, 1]), "{run}");
+    let endings: Vec<_> =
+        run["attempts"].as_array().unwrap().iter().map(|a| a["end"]["ending"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(endings.iter().filter(|e| *e == "evicted").count(), 1, "{endings:?}");
+    let out = baton().args(["verify", "--store", s, "two"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// Restart at another size, both ways: two nodes evicted, resumed on one node (DCP
+/// reshards both parts onto one rank) and evicted again, then resumed on two nodes from
+/// that one-node checkpoint, to the end. The attempts record the world-size changes.
+/// The weights cannot be bit-exact with the two-node run (one rank sums a batch's
+/// gradient in another order than two ranks' all_reduce of half-batch means), so they
+/// are compared within 1e-5 (measured: 3.7e-8, float rounding only).
+#[test]
+fn a_two_node_checkpoint_resumes_on_one_node_and_back() {
+    let (_, want, _) = reference();
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let first = run_nodes(s, "resize", &two_nodes(&["--step-seconds", "0.2"]), Some((0, "trainer[0]: batch 0 3 ")));
+    let at1 = stopped_at(&first, 2);
+    let second = run_nodes(s, "resize", &one_node(&["--step-seconds", "0.2"]), Some((0, "trainer[0]: batch 0 10 ")));
+    let at2 = stopped_at(&second, 1);
+    let third = run_nodes(s, "resize", &two_nodes(&[]), None);
+    let all = format!("{}{}{}", logs(&first), logs(&second), logs(&third));
+    assert!(third.iter().all(|r| r.code == Some(0)), "{all}");
+    assert!(second[0].err.contains(&format!("resumed at {at1}\n")) && second[0].err.contains("restored_nodes=2"), "{all}");
+    for r in &third {
+        assert!(r.err.contains(&format!("resumed at {at2}\n")) && r.err.contains("restored_nodes=1"), "{all}");
+    }
+    let got = params_of(&third[0].out);
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("largest difference from the two-node run: {worst:e}");
+    assert!(worst < 1e-5, "weights differ by up to {worst} from the two-node run:\n{all}");
+
+    let run = inspect(s, "resize");
+    let sizes: Vec<_> = run["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["start"]["nodes"]["nodes"].as_u64().unwrap_or(1), a["start"]["nodes"]["restored_nodes"].as_u64()))
+        .collect();
+    assert!(sizes.contains(&(1, Some(2))) && sizes.contains(&(2, Some(1))), "{sizes:?}");
+}
+
+/// The cheap trainer: every node removes its previous files, writes `shard-<node>` for
+/// two commits, says what it was given, and exits 0. Node 0 waits for node 1's marker
+/// before ending (as torchrun would), so node 1 joins a generation whose node 0 lives.
+fn shell_node(sync: &Path, rank: u32) -> (Vec<String>, Vec<String>) {
+    let script = format!(
+        r#"echo "node=$NODE_RANK of $NNODES at $MASTER_ADDR:$MASTER_PORT generation $BATON_RENDEZVOUS_GENERATION restored=${{BATON_RESTORED_SEQ:-none}} files=$(cd "$BATON_CHECKPOINT_DIR" && ls | tr '\n' ,)" >&2
+touch {sync}/joined-$NODE_RANK
+rm -f "$BATON_CHECKPOINT_DIR"/shard-*
+for step in 1 2; do echo "$NODE_RANK at $step" > "$BATON_CHECKPOINT_DIR/shard-$NODE_RANK"; "$BATON_BIN" commit --step $step >/dev/null; done
+while [ ! -e {sync}/joined-1 ]; do sleep 0.05; done
+"#,
+        sync = sync.display()
+    );
+    let flags = vec!["--nodes".into(), "2".into(), "--node-rank".into(), rank.to_string(), "--rendezvous-timeout".into(), "60s".into()];
+    (flags, vec!["sh".into(), "-c".into(), script])
+}
+
+/// A checkpoint with one node's part missing is never restored: the previous complete
+/// one is, on every node, with both nodes' files (and `inspect` and `verify` say which
+/// one is incomplete).
+#[test]
+fn a_checkpoint_missing_a_node_s_part_is_never_restored() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let sync = tempfile::tempdir().unwrap();
+    let first = run_nodes(s, "parts", &[shell_node(sync.path(), 0), shell_node(sync.path(), 1)], None);
+    assert!(first.iter().all(|r| r.code == Some(0)), "{}", logs(&first));
+    // Seqs 1 and 2 committed, 3 the final capture; node 1's part of 3 is lost.
+    let part = store.path().join("runs/parts/parts/0000000003/0001.json");
+    std::fs::remove_file(&part).unwrap_or_else(|e| panic!("{}: {e}\n{}", part.display(), logs(&first)));
+
+    let sync = tempfile::tempdir().unwrap();
+    let second = run_nodes(s, "parts", &[shell_node(sync.path(), 0), shell_node(sync.path(), 1)], None);
+    let all = format!("{}{}", logs(&first), logs(&second));
+    assert!(second.iter().all(|r| r.code == Some(0)), "{all}");
+    assert!(second[0].err.contains("SKIPPING CHECKPOINT 3") && second[0].err.contains("node(s) [1] of 2 are missing"), "{all}");
+    for (rank, r) in second.iter().enumerate() {
+        assert!(r.err.contains("restored=2 files=shard-0,shard-1,"), "node {rank} did not get checkpoint 2 with both parts:\n{all}");
+        assert!(r.err.contains("generation 2"), "{all}");
+    }
+    // The new generation numbers its checkpoints past the incomplete one.
+    let run = inspect(s, "parts");
+    let rows: Vec<_> =
+        run["parts"].as_array().unwrap().iter().map(|p| (p["seq"].as_u64().unwrap(), p["complete"].as_bool().unwrap())).collect();
+    assert_eq!(rows, [(1, true), (2, true), (3, false), (4, true), (5, true), (6, true)], "{run}");
+    let out = baton().args(["verify", "--store", s, "parts", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "an incomplete checkpoint is not damage: {report}");
+    assert_eq!(report["incomplete"][0]["seq"], 3, "{report}");
+    assert_eq!(report["checkpoints"], 6, "{report}");
+}
+
+/// A node waiting for an address that never comes gives up after its bound with a clear
+/// message and its own exit code, having started nothing; and a node never joins a
+/// generation one of its own attempts already used (node 0 has not restarted since).
+#[test]
+fn a_node_waiting_for_node_0_gives_up_after_its_bound() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let marker = slot.path().join("started");
+    let cmd = ["touch", marker.to_str().unwrap()];
+    let start = Instant::now();
+    let out =
+        output_of(spawn_run(slot.path(), s, "lonely", &[], &["--nodes", "2", "--node-rank", "1", "--rendezvous-timeout", "2s"], &cmd));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("node 0 did not publish an address within 2 s; is node 0 running?"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(!marker.exists(), "the command ran");
+
+    // A finished two-node run: its generation is used, so node 1 alone waits in vain.
+    let sync = tempfile::tempdir().unwrap();
+    let runs = run_nodes(s, "used", &[shell_node(sync.path(), 0), shell_node(sync.path(), 1)], None);
+    assert!(runs.iter().all(|r| r.code == Some(0)), "{}", logs(&runs));
+    let out = output_of(spawn_run(slot.path(), s, "used", &[], &["--nodes", "2", "--node-rank", "1", "--rendezvous-timeout", "2s"], &cmd));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("generation, 1, is stale"), "{err}");
+    assert!(!marker.exists(), "the command ran");
+}
+
+/// `--nodes` needs a rank in range, and a rank needs `--nodes`.
+#[test]
+fn node_flags_are_checked() {
+    for (flags, says) in [
+        (&["--nodes", "2"][..], "needs this node's --node-rank"),
+        (&["--nodes", "2", "--node-rank", "2"][..], "out of range"),
+        (&["--node-rank", "1"][..], "needs --nodes"),
+    ] {
+        let out =
+            baton().args(["run", "--run-id", "r", "--store", "/nonexistent-store"]).args(flags).args(["--", "true"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        assert!(text(&out.stderr).contains(says), "{flags:?}: {}", text(&out.stderr));
+    }
+}
