@@ -160,7 +160,8 @@ fn a_store_written_by_format_1_is_read_and_extended() {
 
     // A new run in the same store: 80 MiB of weights are cut large, a small file small.
     let slot = tempfile::tempdir().unwrap();
-    let script = "head -c 83886080 /dev/urandom > $BATON_CHECKPOINT_DIR/big.bin; head -c 3000000 /dev/urandom > $BATON_CHECKPOINT_DIR/small.bin";
+    let script =
+        "head -c 83886080 /dev/urandom > $BATON_CHECKPOINT_DIR/big.bin; head -c 3000000 /dev/urandom > $BATON_CHECKPOINT_DIR/small.bin";
     let out = output_of(spawn_run(slot.path(), s, "written-by-format-2", &[], &[], &["sh", "-c", script]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let new = manifest_json(s, "written-by-format-2", 1);

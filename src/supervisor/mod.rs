@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub device: String,
     pub device_info: Option<crate::device::DeviceInfo>,
     pub job_ids: JobIds,
+    /// Datasets pulled before the command starts (`--data`), while the checkpoint is restored.
+    pub data: Vec<crate::data::Mount>,
+    pub data_settings: crate::data::pull::PullSettings,
 }
 
 /// Wrap the command: restore, launch, supervise until it ends, flush, record how it
@@ -72,7 +75,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let started = attempt::now();
     let known = KnownChunks::default();
 
-    let restored = restoring::restore_newest(&cfg, &state_dir, &known).await?;
+    // The datasets come down while the checkpoint does: both are bound by the network.
+    let (restored, _) = tokio::try_join!(
+        restoring::restore_newest(&cfg, &state_dir, &known),
+        crate::data::pull::pull_all(&cfg.store, &cfg.data, &cfg.data_settings)
+    )?;
     let next_seq = cfg.store.list_manifests(&cfg.run).await?.last().map(|s| s + 1).unwrap_or(1);
     let attempt = records::start(&cfg, &restored, started).await?;
     let (socket, commits) = CommitSocket::open(&state_dir)?;
@@ -218,6 +225,9 @@ impl Supervisor {
         let mut env = env::for_trainer(&self.attempt, &self.cfg.dir, &self.socket, self.started_from.as_ref());
         if !self.family.is_empty() {
             env.set.push((watcher::FAMILY_ENV.into(), self.family.clone()));
+        }
+        for m in &self.cfg.data {
+            env.set.push((m.data.name.env_var(), m.path.display().to_string()));
         }
         self.child = process::spawn(&self.cfg.command, &env.set, &env.unset)?;
         if let Some(w) = &self.watcher {
