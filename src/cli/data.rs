@@ -70,7 +70,7 @@ pub struct CacheArgs {
     cache: Option<PathBuf>,
     /// Bound on the cache's size, e.g. 20G; least recently used chunks are evicted
     /// [default: half its filesystem, at most 50G].
-    #[arg(long, env = "BATON_CACHE_MAX", value_name = "SIZE", value_parser = parse_size, requires = "cache")]
+    #[arg(long, env = "BATON_CACHE_MAX", value_name = "SIZE", value_parser = parse_size)]
     cache_max: Option<u64>,
 }
 
