@@ -9,6 +9,7 @@ pub mod chirp;
 pub mod chunking;
 pub mod classad;
 pub mod commit;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod format;

@@ -208,56 +208,7 @@ impl Manifest {
     }
 
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.files.len() > MAX_FILES {
-            return Err(ManifestError::TooManyFiles(self.files.len()));
-        }
-        let mut seen = HashSet::new();
-        for f in &self.files {
-            check_relative_path(&f.path).map_err(|why| ManifestError::BadPath { path: f.path.clone(), why })?;
-            if !seen.insert(f.path.as_str()) {
-                return Err(ManifestError::BadEntry { path: f.path.clone(), why: "listed twice".into() });
-            }
-            if !is_hex_hash(&f.sha256) {
-                return Err(ManifestError::BadEntry { path: f.path.clone(), why: "sha256 is not 64 hex digits".into() });
-            }
-            let mut total: u64 = 0;
-            let max_chunk = if self.format == 1 { MAX_CHUNK_FORMAT_1 } else { MAX_CHUNK };
-            for c in &f.chunks {
-                if !is_hex_hash(&c.hash) {
-                    return Err(ManifestError::BadEntry {
-                        path: f.path.clone(),
-                        why: format!("chunk hash {:?} is not 64 hex digits", c.hash),
-                    });
-                }
-                if c.size == 0 || c.size > max_chunk as u64 {
-                    return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("chunk size {} is out of range", c.size) });
-                }
-                total = total
-                    .checked_add(c.size)
-                    .ok_or_else(|| ManifestError::BadEntry { path: f.path.clone(), why: "sizes overflow".into() })?;
-            }
-            if total != f.size {
-                return Err(ManifestError::BadEntry {
-                    path: f.path.clone(),
-                    why: format!("size {} does not match its chunks ({total} bytes)", f.size),
-                });
-            }
-        }
-        // A file may not sit "inside" another file: restore would have to make a
-        // directory where a file is, which is how hostile archives smuggle paths.
-        for f in &self.files {
-            let mut prefix = String::new();
-            for part in f.path.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d).unwrap_or(&[]) {
-                if !prefix.is_empty() {
-                    prefix.push('/');
-                }
-                prefix.push_str(part);
-                if seen.contains(prefix.as_str()) {
-                    return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("{prefix:?} is listed as a file") });
-                }
-            }
-        }
-        Ok(())
+        validate_files(&self.files, if self.format == 1 { MAX_CHUNK_FORMAT_1 } else { MAX_CHUNK })
     }
 
     pub fn logical_bytes(&self) -> u64 {
@@ -268,6 +219,57 @@ impl Manifest {
     pub fn chunk_hashes(&self) -> impl Iterator<Item = &str> {
         self.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash.as_str()))
     }
+}
+
+/// Everything restore relies on in a list of files read from the store (a checkpoint's,
+/// a dataset version's): safe relative paths, each once, hashes that are hashes, chunk
+/// sizes within `max_chunk` that add up to the file's size.
+pub fn validate_files(files: &[FileEntry], max_chunk: u32) -> Result<(), ManifestError> {
+    if files.len() > MAX_FILES {
+        return Err(ManifestError::TooManyFiles(files.len()));
+    }
+    let mut seen = HashSet::new();
+    for f in files {
+        check_relative_path(&f.path).map_err(|why| ManifestError::BadPath { path: f.path.clone(), why })?;
+        if !seen.insert(f.path.as_str()) {
+            return Err(ManifestError::BadEntry { path: f.path.clone(), why: "listed twice".into() });
+        }
+        if !is_hex_hash(&f.sha256) {
+            return Err(ManifestError::BadEntry { path: f.path.clone(), why: "sha256 is not 64 hex digits".into() });
+        }
+        let mut total: u64 = 0;
+        for c in &f.chunks {
+            if !is_hex_hash(&c.hash) {
+                return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("chunk hash {:?} is not 64 hex digits", c.hash) });
+            }
+            if c.size == 0 || c.size > max_chunk as u64 {
+                return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("chunk size {} is out of range", c.size) });
+            }
+            total =
+                total.checked_add(c.size).ok_or_else(|| ManifestError::BadEntry { path: f.path.clone(), why: "sizes overflow".into() })?;
+        }
+        if total != f.size {
+            return Err(ManifestError::BadEntry {
+                path: f.path.clone(),
+                why: format!("size {} does not match its chunks ({total} bytes)", f.size),
+            });
+        }
+    }
+    // A file may not sit "inside" another file: restore would have to make a
+    // directory where a file is, which is how hostile archives smuggle paths.
+    for f in files {
+        let mut prefix = String::new();
+        for part in f.path.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d).unwrap_or(&[]) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if seen.contains(prefix.as_str()) {
+                return Err(ManifestError::BadEntry { path: f.path.clone(), why: format!("{prefix:?} is listed as a file") });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use crate::identity::RunId;
 use crate::restore::load_manifest;
 use crate::store::{parse_copy_name, Store};
 
-/// What a prune deletes. Chunks are shared by every run in the store, so a chunk goes
-/// only when no remaining manifest of any run references it and it is older than the
-/// grace period (a running upload may be about to reference it).
+/// What a prune deletes. Chunks are shared by every run and dataset in the store, so a
+/// chunk goes only when no remaining manifest of any run and no version of any dataset
+/// references it, and it is older than the grace period (a running upload may be about
+/// to reference it).
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
     pub dry_run: bool,
@@ -83,6 +84,16 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
             }
         }
     }
+    // Every version of every dataset is kept, and so is every chunk one uses.
+    referenced.extend(crate::data::referenced_chunks(store).await.map_err(|e| {
+        Failure::new(
+            ErrorKind::Integrity,
+            format!(
+                "{}; cannot tell which chunks it needs, so no chunk is deleted (fix or remove that dataset manifest first)",
+                crate::error::chain(e.as_ref())
+            ),
+        )
+    })?);
     let now = crate::attempt::now() as i64;
     let mut stored = HashSet::new();
     for o in store.list_chunks().await? {

@@ -229,8 +229,25 @@ pub async fn upload(
     settings: &Settings,
     known: &KnownChunks,
 ) -> anyhow::Result<Manifest> {
+    let (files, mut sizes) = store_files(store, snap, settings, known, FILES_AT_ONCE).await?;
+    sizes.capture_seconds = snap.seconds;
+    // A snapshot of hard links is only good if nothing wrote the files while they were read.
+    snap.still_intact().map_err(|e| anyhow::anyhow!("{e}; checkpoint {} is not committed", info.seq))?;
+    publish(store, attempt, info, files, sizes).await
+}
+
+/// Chunk and store every file of `snap`, `files_at_once` files at once (a dataset of
+/// many small files needs more than a checkpoint), publishing nothing: the entries for a
+/// manifest, and what they added to the store.
+pub async fn store_files(
+    store: &Store,
+    snap: &Snapshot,
+    settings: &Settings,
+    known: &KnownChunks,
+    files_at_once: usize,
+) -> anyhow::Result<(Vec<FileEntry>, Sizes)> {
     let start = Instant::now();
-    let mut sizes = Sizes { capture_seconds: snap.seconds, ..Default::default() };
+    let mut sizes = Sizes::default();
     let mut files = Vec::with_capacity(snap.files.len());
     let window = settings.concurrency.max(1);
     // The damage markers (see `store::damage`), read once per upload.
@@ -243,7 +260,7 @@ pub async fn upload(
             let rx = spawn_reader(snap.dir.join(&f.rel), window, bytes.clone());
             upload_file(store, known, marked, settings, f, rx).boxed()
         })
-        .buffered(FILES_AT_ONCE);
+        .buffered(files_at_once.max(1));
     while let Some(done) = uploads.next().await {
         let (entry, (new_bytes, stored_bytes)) = done?;
         sizes.logical_bytes += entry.size;
@@ -252,9 +269,7 @@ pub async fn upload(
         files.push(entry);
     }
     sizes.upload_seconds = start.elapsed().as_secs_f64();
-    // A snapshot of hard links is only good if nothing wrote the files while they were read.
-    snap.still_intact().map_err(|e| anyhow::anyhow!("{e}; checkpoint {} is not committed", info.seq))?;
-    publish(store, attempt, info, files, sizes).await
+    Ok((files, sizes))
 }
 
 /// Commit `info.seq` as the same files as `of`, a checkpoint this attempt made durable

@@ -1,7 +1,10 @@
 //! Verification: read every chunk of a checkpoint back and check it against the
 //! manifest through restore's own read pipeline, discarding the bytes.
 
+use futures::StreamExt;
 use serde::Serialize;
+
+use crate::data::DatasetName;
 
 use crate::error::{Classify, ErrorKind};
 use crate::identity::RunId;
@@ -28,6 +31,56 @@ pub struct Report {
     /// lost before it uploaded, or still uploading): never restored, and not damage.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub incomplete: Vec<Damage>,
+    /// Dataset versions checked, and what is damaged in them.
+    pub dataset_versions: usize,
+    pub damaged_datasets: Vec<DataDamage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataDamage {
+    pub dataset: String,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub problem: String,
+}
+
+impl Report {
+    pub fn intact(&self) -> bool {
+        self.damaged.is_empty() && self.damaged_datasets.is_empty()
+    }
+}
+
+/// Check version `version` of dataset `name` as a pull would, adding what is damaged to
+/// `report`. An error only when the store could not be asked.
+pub async fn dataset(store: &Store, name: &DatasetName, version: u64, concurrency: usize, report: &mut Report) -> anyhow::Result<()> {
+    report.dataset_versions += 1;
+    let damage = |file: Option<String>, problem: String| DataDamage { dataset: name.to_string(), version, file, problem };
+    let m = match crate::data::load(store, name, version).await {
+        Ok(m) => m,
+        Err(e) if e.kind() != ErrorKind::Integrity => return Err(e.into()),
+        Err(e) => {
+            report.damaged_datasets.push(damage(None, format!("manifest: {e}")));
+            return Ok(());
+        }
+    };
+    // Files at once: a dataset of many small files is bound by round trips.
+    let checks = futures::stream::iter(&m.files)
+        .map(|f| async move { (f, check_file(store, version, f, concurrency).await) })
+        .buffered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    for (f, result) in checks {
+        report.files += 1;
+        report.chunks += f.chunks.len();
+        match result {
+            Ok(()) => report.bytes += f.size,
+            Err(e) if e.kind() != ErrorKind::Integrity => return Err(e.into()),
+            Err(crate::restore::RestoreError::File { detail, .. }) => report.damaged_datasets.push(damage(Some(f.path.clone()), detail)),
+            Err(e) => report.damaged_datasets.push(damage(Some(f.path.clone()), e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// Check checkpoint `seq` of `run`, adding what is damaged to `report`. An error is

@@ -169,6 +169,20 @@ fn check_queue_args(rest: &str) -> Result<(), String> {
     Err(format!("`queue {rest}` is not a queue statement this check understands"))
 }
 
+/// The variables of each job of the last `queue NAME in (a, b, c)` (one line; items
+/// separated by commas or blanks), or none for another kind of queue statement.
+fn queue_items(submit: &Submit) -> Vec<BTreeMap<String, String>> {
+    let Some(rest) = submit.queues.last() else { return Vec::new() };
+    let Some((name, list)) = rest.split_once(" in ") else { return Vec::new() };
+    let Some(items) = list.trim().strip_prefix('(').and_then(|l| l.strip_suffix(')')) else { return Vec::new() };
+    let name = name.split_whitespace().last().unwrap_or_default();
+    items
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|i| !i.is_empty())
+        .map(|i| BTreeMap::from([(name.to_string(), i.to_string())]))
+        .collect()
+}
+
 /// Sample values for HTCondor's built-in macros.
 fn builtin(name: &str) -> Option<&'static str> {
     Some(match name.to_ascii_lowercase().as_str() {
@@ -583,7 +597,12 @@ fn every_condor_block_is_a_valid_submit_file_and_baton_accepts_its_arguments() {
         assert!(!submit.after_last_queue, "{}: commands after the last queue are ignored by HTCondor", b.at());
         if executable_is_baton(&submit) {
             // Nodes of a DAG get their macros from the DAG; they are checked per node below.
-            let vars = BTreeMap::new();
+            // A `queue NAME in (ITEMS)` fills NAME from each item: checked with every item.
+            let every = queue_items(&submit);
+            for vars in every.iter().skip(1) {
+                check_baton_job(&submit, vars, &b.text).unwrap_or_else(|e| panic!("{}: with {vars:?}: {e}", b.at()));
+            }
+            let vars = every.into_iter().next().unwrap_or_default();
             let uses_dag_vars = submit.raw("arguments").is_some_and(|a| expand(a, &submit, &vars, 0).is_err());
             if uses_dag_vars {
                 assert!(b.first_comment().contains("VARS"), "{}: undefined macros outside a DAG node", b.at());

@@ -13,6 +13,8 @@ mod chirp;
 mod classad;
 // The commit socket under abuse: idle floods, a silent supervisor.
 mod commit_socket;
+// Datasets: push shares chunks across versions, pulls through a shared cache download once, run --data, prune keeps them.
+mod data;
 // Damaged and hostile store contents: verify names them, run falls back, restore never writes outside.
 mod damage;
 // The core promise: runs evicted by SIGTERM and restarted on empty slots end bit-exact; flush and commit races.

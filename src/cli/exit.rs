@@ -1,6 +1,7 @@
 //! From an error chain to baton's exit status, as ripgrep's `main` does: the first
 //! cause that knows its kind decides; anything else is a generic failure (1).
 
+use baton::data::DataError;
 use baton::error::{Classify, Failure};
 use baton::restore::RestoreError;
 use baton::store::StoreError;
@@ -13,6 +14,8 @@ pub fn code_of(err: &anyhow::Error) -> i32 {
             r.kind()
         } else if let Some(s) = cause.downcast_ref::<StoreError>() {
             s.kind()
+        } else if let Some(d) = cause.downcast_ref::<DataError>() {
+            d.kind()
         } else {
             continue;
         };

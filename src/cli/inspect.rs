@@ -20,7 +20,8 @@ use baton::timeline::Point;
     after_help = "Examples:\n  baton inspect                      every run: progress, attempts, evictions, goodput, devices, bytes\n  \
 baton inspect RUN                  checkpoints and attempts of RUN, and the interval advice\n  \
 baton inspect RUN --timeline r.svg the run's timeline as a picture\n  \
-baton inspect RUN 7 --json         files of checkpoint 7, as JSON"
+baton inspect RUN 7 --json         files of checkpoint 7, as JSON\n\
+With no RUN, the store's datasets are listed after the runs (`baton data list --json` for JSON)."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -80,7 +81,10 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
     let (out, _) = baton::overview::overview(store).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if out.is_empty() {
+        return Ok(0);
+    }
+    let datasets = baton::data::summaries(store).await?;
+    if out.is_empty() {
         println!("no runs in {}", store.url());
     } else {
         println!(
@@ -109,6 +113,10 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
                 println!("{:<40} DAMAGED: {e}", "");
             }
         }
+    }
+    if !datasets.is_empty() {
+        println!();
+        super::data::print_datasets(store, &datasets);
     }
     Ok(0)
 }

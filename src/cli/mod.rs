@@ -3,6 +3,7 @@
 
 mod advise;
 mod commit;
+mod data;
 mod exit;
 mod inspect;
 mod prune;
@@ -106,6 +107,7 @@ enum Command {
     Restore(restore::Args),
     Prune(prune::Args),
     Commit(commit::Args),
+    Data(data::Args),
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -138,7 +140,7 @@ pub fn main() -> i32 {
     if cli.parse_only {
         let problem = match &cli.command {
             Command::Run(a) => a.problem(),
-            Command::Simulate(a) => a.problem(),
+            Command::Simulate(a) => a.problem().map(str::to_string),
             _ => None,
         };
         if let Some(p) = problem {
@@ -149,7 +151,7 @@ pub fn main() -> i32 {
         return 0;
     }
     init_logging(cli.verbose, cli.quiet);
-    if matches!(cli.command, Command::Inspect(_) | Command::Advise(_) | Command::Verify(_) | Command::Prune(_)) {
+    if matches!(cli.command, Command::Inspect(_) | Command::Advise(_) | Command::Verify(_) | Command::Prune(_) | Command::Data(_)) {
         // `baton inspect | head` should end quietly, as other Unix tools do.
         baton::signals::default_sigpipe();
     }
@@ -176,6 +178,7 @@ pub fn main() -> i32 {
             Command::Restore(a) => restore::run(a).await,
             Command::Prune(a) => prune::run(a).await,
             Command::Commit(a) => commit::run(a).await,
+            Command::Data(a) => data::run(a).await,
         }
     });
     // Do not wait for blocking work still in flight (a compression the flush deadline

@@ -28,7 +28,8 @@ exits with the command's status before the window ends.",
     after_help = "Examples:\n  baton run --store s3://bucket/ckpt --run-id resnet-1 -- python3 train.py --epochs 90\n  \
 baton run --checkpoint-exit-code 85 -- ./train.sh          (existing exit-85 jobs)\n\
 Environment given to the command: BATON_CHECKPOINT_DIR, BATON_RUN_ID, BATON_ATTEMPT, BATON_RESTORED_SEQ/EPOCH/STEP, \
-BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN, BATON_FAMILY (marks the command's processes for cleanup); with --nodes above 1 also MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES (for torchrun), BATON_NODE_RANK, BATON_NODES, BATON_RENDEZVOUS_GENERATION, and BATON_RESTORED_NODES (the node count of the checkpoint restored)."
+BATON_DEVICE, BATON_PREV_DEVICE, BATON_SOCKET, BATON_BIN, BATON_FAMILY (marks the command's processes for cleanup), BATON_DATA_<NAME> for each --data; with --nodes above 1 also MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES (for torchrun), BATON_NODE_RANK, BATON_NODES, BATON_RENDEZVOUS_GENERATION, and BATON_RESTORED_NODES (the node count of the checkpoint restored).\n\
+With datasets:\n  baton run --run-id r1 --data imagenet=/scratch/in --cache /var/tmp/baton-cache -- python3 train.py"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -81,6 +82,16 @@ pub struct Args {
     /// Node 0: the port torchrun listens on [default: a free one].
     #[arg(long, value_name = "PORT")]
     master_port: Option<u16>,
+    /// Pull a dataset into PATH before the command starts, while the checkpoint is
+    /// restored (NAME: its newest version; NAME@VERSION: that one). The command finds it in
+    /// PATH and in $BATON_DATA_<NAME> (uppercased, other characters `_`). Repeatable.
+    #[arg(long = "data", value_name = "NAME[@VERSION]=PATH", value_parser = baton::data::Mount::parse)]
+    data: Vec<baton::data::Mount>,
+    #[command(flatten)]
+    cache: super::data::CacheArgs,
+    /// Dataset chunks downloaded at once.
+    #[arg(long, value_name = "N", default_value_t = baton::data::pull::CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    data_concurrency: u16,
     /// The training command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -108,8 +119,11 @@ const MISSING_COMMAND: &str = "baton run needs a command after `--`, for example
 
 impl Args {
     /// What is wrong with the command line that clap cannot see, for `--parse-only` too.
-    pub fn problem(&self) -> Option<&'static str> {
-        self.command.is_empty().then_some(MISSING_COMMAND)
+    pub fn problem(&self) -> Option<String> {
+        if self.command.is_empty() {
+            return Some(MISSING_COMMAND.into());
+        }
+        baton::data::check_mounts(&self.data).err()
     }
 }
 
@@ -207,6 +221,15 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             timeout: a.rendezvous_timeout,
         }),
     };
+    let mut data = a.data;
+    for m in &mut data {
+        m.path = std::path::absolute(&m.path).map_err(|e| usage(format!("--data {}: {e}", m.path.display())))?;
+    }
+    baton::data::check_mounts(&data).map_err(usage)?;
+    let data_settings = baton::data::pull::PullSettings {
+        concurrency: a.data_concurrency as usize,
+        cache: if data.is_empty() { None } else { a.cache.open()? },
+    };
     let store = a.store.open()?;
     let cfg = RunConfig {
         store,
@@ -223,6 +246,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         device_info,
         job_ids: sandbox.job_ids(),
         nodes,
+        data,
+        data_settings,
     };
     supervisor::run(cfg).await
 }

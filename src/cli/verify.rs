@@ -25,6 +25,10 @@ pub struct Args {
     run: Option<RunId>,
     /// Only this checkpoint (seq) of the run.
     checkpoint: Option<u64>,
+    /// Verify this dataset (NAME: every version; NAME@VERSION: that one), repeatable.
+    /// Without RUN or --dataset, every run and every dataset version is verified.
+    #[arg(long, value_name = "NAME[@VERSION]", value_parser = baton::data::DataRef::parse)]
+    dataset: Vec<baton::data::DataRef>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -42,9 +46,10 @@ pub struct Args {
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let store = a.store.open()?;
-    let runs = match &a.run {
-        Some(r) => vec![r.clone()],
-        None => store.list_runs().await?,
+    let runs = match (&a.run, a.dataset.is_empty()) {
+        (Some(r), _) => vec![r.clone()],
+        (None, true) => store.list_runs().await?,
+        (None, false) => Vec::new(),
     };
     let mut report = baton::verify::Report::default();
     for run in &runs {
@@ -68,6 +73,28 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 Some(nodes) if !whole.contains(&seq) => baton::verify::parts(&store, run, seq, &nodes, 8, &mut report).await?,
                 _ => baton::verify::checkpoint(&store, run, seq, 8, &mut report).await?,
             }
+        }
+    }
+    let datasets: Vec<(baton::data::DatasetName, Vec<u64>)> = match (&a.run, a.dataset.is_empty()) {
+        (None, true) => store.list_datasets().await?.into_iter().map(|(n, v)| (n, v.iter().map(|m| m.seq).collect())).collect(),
+        _ => {
+            let mut out = Vec::new();
+            for d in &a.dataset {
+                let versions = match d.version {
+                    Some(_) => vec![baton::data::resolve(&store, d).await?],
+                    None => {
+                        baton::data::resolve(&store, d).await?;
+                        store.list_dataset_versions(&d.name).await?
+                    }
+                };
+                out.push((d.name.clone(), versions));
+            }
+            out
+        }
+    };
+    for (name, versions) in &datasets {
+        for &v in versions {
+            baton::verify::dataset(&store, name, v, 8, &mut report).await?;
         }
     }
     let repair = match (a.repair, report.damaged.is_empty()) {
@@ -102,13 +129,21 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 None => println!("DAMAGED  run {} checkpoint {}: {}", d.run, d.seq, d.problem),
             }
         }
+        for d in &report.damaged_datasets {
+            match &d.file {
+                Some(f) => println!("DAMAGED  dataset {} version {} file {}: {}", d.dataset, d.version, f, d.problem),
+                None => println!("DAMAGED  dataset {} version {}: {}", d.dataset, d.version, d.problem),
+            }
+        }
+        let damaged = report.damaged.len() + report.damaged_datasets.len();
         println!(
-            "{} checkpoint(s), {} file(s), {} chunk(s), {:.1} MB checked: {}",
+            "{} checkpoint(s), {}{} file(s), {} chunk(s), {:.1} MB checked: {}",
             report.checkpoints,
+            if report.dataset_versions > 0 { format!("{} dataset version(s), ", report.dataset_versions) } else { String::new() },
             report.files,
             report.chunks,
             report.bytes as f64 / 1e6,
-            match (report.damaged.len(), report.incomplete.len()) {
+            match (damaged, report.incomplete.len()) {
                 (0, 0) => "all intact".to_string(),
                 (0, i) => format!("all intact, {i} incomplete"),
                 (d, 0) => format!("{d} damaged"),
@@ -116,7 +151,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             }
         );
     }
-    Ok(if report.damaged.is_empty() { 0 } else { ExitCode::Damaged as i32 })
+    Ok(if report.intact() { 0 } else { ExitCode::Damaged as i32 })
 }
 
 /// Repair what `report` found, then verify the damaged checkpoints again: `report` ends

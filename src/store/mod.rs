@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 
+use crate::data::DatasetName;
 use crate::error::{Classify, ErrorKind};
 use crate::identity::RunId;
 
@@ -167,6 +168,11 @@ pub const MAX_SEQ: u64 = 9_999_999_999;
 
 pub(crate) fn manifest_key(run: &RunId, seq: u64) -> String {
     format!("runs/{}/checkpoints/{:010}.json", run, seq)
+}
+
+/// A dataset version's manifest: numbered like checkpoints, so the same name rules hold.
+pub(crate) fn dataset_key(name: &DatasetName, version: u64) -> String {
+    format!("datasets/{}/versions/{:010}.json", name, version)
 }
 
 /// The seq a manifest's name stands for, only in the exact form `manifest_key` writes:
@@ -369,28 +375,34 @@ impl Store {
                 ),
             });
         }
+        self.put_write_once(
+            key,
+            body,
+            &format!(
+                "checkpoint number {seq} is taken by something that is not a manifest; this checkpoint is not committed, and the run's next attempt numbers its checkpoints past it"
+            ),
+            "another attempt of this run wrote this checkpoint number (is an old attempt still running?)",
+            "this attempt",
+        )
+        .await
+    }
+
+    /// The one writer of a numbered manifest (a checkpoint's, a dataset version's):
+    /// create-only, then read back, because some servers ignore the condition. The
+    /// loser of two writers finds out here and fails loudly.
+    async fn put_write_once(&self, key: String, body: Bytes, not_manifest: &str, conflict: &str, writer: &str) -> Result<()> {
         match self.backend.put(&key, body.clone(), true).await? {
             PutOutcome::AlreadyExists => {
                 // Another writer's manifest, or something that never was one (a directory
-                // at the name): only the first is a conflict. The second is damage, which
-                // costs this checkpoint but not the attempt; the next attempt lists the
-                // name and numbers past it.
+                // at the name): only the first is a conflict. The second is damage.
                 return match self.backend.get(&key, MAX_MANIFEST_BYTES).await {
                     // Our own write, whose answer was lost (a reset after the server
                     // stored it) and whose retry found it: the `writer` field makes every
-                    // attempt's manifest differ, so the same bytes are this attempt's.
+                    // writer's manifest differ, so the same bytes are this writer's.
                     Ok(there) if there == body => Ok(()),
-                    Err(e) if e.kind() == ErrorKind::Integrity => Err(StoreError::Damaged {
-                        key,
-                        detail: format!(
-                            "checkpoint number {seq} is taken by something that is not a manifest ({e}); this checkpoint is not committed, and the run's next attempt numbers its checkpoints past it"
-                        ),
-                    }),
+                    Err(e) if e.kind() == ErrorKind::Integrity => Err(StoreError::Damaged { key, detail: format!("{not_manifest} ({e})") }),
                     Err(e) => Err(e),
-                    Ok(_) => Err(StoreError::Conflict {
-                        key,
-                        detail: "another attempt of this run wrote this checkpoint number (is an old attempt still running?)".into(),
-                    }),
+                    Ok(_) => Err(StoreError::Conflict { key, detail: conflict.into() }),
                 };
             }
             PutOutcome::Created => {}
@@ -399,10 +411,73 @@ impl Store {
         if back != body {
             return Err(StoreError::Conflict {
                 key,
-                detail: "the manifest read back differs from what this attempt wrote (the server ignored the create-only condition and another writer won)".into(),
+                detail: format!(
+                    "the manifest read back differs from what {writer} wrote (the server ignored the create-only condition and another writer won)"
+                ),
             });
         }
         Ok(())
+    }
+
+    /// Write version `version` of a dataset create-only, with the same one-winner rule as
+    /// checkpoint manifests: of two pushes that picked the same number, one fails loudly.
+    pub async fn put_dataset_manifest(&self, name: &DatasetName, version: u64, body: Bytes) -> Result<()> {
+        let key = dataset_key(name, version);
+        if version > MAX_SEQ {
+            return Err(StoreError::Damaged {
+                key,
+                detail: format!(
+                    "dataset version numbers stop at {MAX_SEQ}; a stray manifest named {MAX_SEQ}.json is probably in the store: remove it"
+                ),
+            });
+        }
+        self.put_write_once(
+            key,
+            body,
+            &format!("dataset {name} version {version} is taken by something that is not a manifest; remove it and push again"),
+            &format!("another push of dataset {name} took version {version} at the same time; push again to store this one as the next version (its chunks are in the store already)"),
+            "this push",
+        )
+        .await
+    }
+
+    pub async fn get_dataset_manifest_bytes(&self, name: &DatasetName, version: u64) -> Result<Bytes> {
+        self.backend.get(&dataset_key(name, version), MAX_MANIFEST_BYTES).await
+    }
+
+    /// Versions of a dataset, ascending (names baton does not write are ignored, with a
+    /// warning, as for checkpoints).
+    pub async fn list_dataset_versions(&self, name: &DatasetName) -> Result<Vec<u64>> {
+        let prefix = format!("datasets/{name}/versions/");
+        let mut versions = Vec::new();
+        for n in self.backend.list_names(&prefix).await? {
+            match seq_of_name(&n) {
+                Some(v) => versions.push(v),
+                None if n.ends_with(".json") => {
+                    warn_ignored(&format!("{prefix}{n}"), "not a dataset version name baton writes (ten digits); remove it")
+                }
+                None => {}
+            }
+        }
+        versions.sort_unstable();
+        versions.dedup();
+        Ok(versions)
+    }
+
+    /// Every dataset's versions from one listing of `datasets/`, without reading them.
+    pub async fn list_datasets(&self) -> Result<std::collections::BTreeMap<DatasetName, Vec<ManifestListing>>> {
+        let mut sets: std::collections::BTreeMap<DatasetName, Vec<ManifestListing>> = Default::default();
+        for o in self.backend.list("datasets/").await? {
+            let Some(rest) = o.key.strip_prefix("datasets/") else { continue };
+            let mut parts = rest.splitn(3, '/');
+            let (Some(name), Some("versions"), Some(file)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let (Ok(name), Some(version)) = (DatasetName::parse(name), seq_of_name(file)) else { continue };
+            sets.entry(name).or_default().push(ManifestListing { seq: version, size: o.size, modified: o.modified });
+        }
+        for v in sets.values_mut() {
+            v.sort_by_key(|m| m.seq);
+        }
+        Ok(sets)
     }
 
     pub async fn get_manifest_bytes(&self, run: &RunId, seq: u64) -> Result<Bytes> {

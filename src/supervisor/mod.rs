@@ -62,6 +62,9 @@ pub struct RunConfig {
     pub job_ids: JobIds,
     /// A run on several nodes (`--nodes` above 1); none for a single-node run.
     pub nodes: Option<NodesConfig>,
+    /// Datasets pulled before the command starts (`--data`), while the checkpoint is restored.
+    pub data: Vec<crate::data::Mount>,
+    pub data_settings: crate::data::pull::PullSettings,
 }
 
 /// This node of a run on several nodes, and how it meets the others.
@@ -85,7 +88,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
     let started = attempt::now();
     let known = KnownChunks::default();
 
-    let prepared = match restoring::prepare(&cfg, &state_dir, &known, &mut signals).await? {
+    // The datasets come down while the checkpoint does: both are bound by the network.
+    let (start, _) = tokio::try_join!(
+        restoring::prepare(&cfg, &state_dir, &known, &mut signals),
+        crate::data::pull::pull_all(&cfg.store, &cfg.data, &cfg.data_settings)
+    )?;
+    let prepared = match start {
         restoring::Start::Ready(p) => p,
         restoring::Start::Evicted(sig) => return Ok(128 + sig),
     };
@@ -239,6 +247,9 @@ impl Supervisor {
         env.set.extend(self.node_env.iter().cloned());
         if !self.family.is_empty() {
             env.set.push((watcher::FAMILY_ENV.into(), self.family.clone()));
+        }
+        for m in &self.cfg.data {
+            env.set.push((m.data.name.env_var(), m.path.display().to_string()));
         }
         self.child = process::spawn(&self.cfg.command, &env.set, &env.unset)?;
         if let Some(w) = &self.watcher {
