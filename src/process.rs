@@ -13,21 +13,6 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-/// How much lower than the trainer baton's background work runs (a nice increment).
-pub const BACKGROUND_NICE: i32 = 10;
-
-/// Put the calling thread below the trainer. Run on every thread of `baton run`'s
-/// blocking pool (captures, reading, hashing, compressing and writing chunks): the
-/// trainer and its data loaders come first, uploads take what is left. The main
-/// thread, which forks the command and handles signals, keeps its priority, so the
-/// command does not inherit this. On Linux a nice value is per thread; an unprivileged
-/// thread cannot raise it again, which needs no undoing: when the trainer stops
-/// (an eviction's flush) nothing competes.
-pub fn lower_thread_priority() {
-    // SAFETY: setpriority with who = 0 changes only the calling thread.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),

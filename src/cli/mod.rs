@@ -155,11 +155,7 @@ pub fn main() -> i32 {
         // `baton inspect | head` should end quietly, as other Unix tools do.
         baton::signals::default_sigpipe();
     }
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    if matches!(cli.command, Command::Run(_)) {
-        builder.on_thread_start(baton::process::lower_thread_priority);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("baton: cannot start: {e}");
