@@ -241,6 +241,33 @@ pub fn spawn_run(slot: &Path, store: &str, run_id: &str, env: &[(String, String)
 
 /// Run the trainer under baton, SIGTERM it after each delay in `evict_after` on a new
 /// empty slot, then let a last attempt finish. Returns (final digest, all stderr).
+/// Wait until a Python child of `parent` has installed a SIGTERM handler (bit 15 of
+/// `SigCgt` in /proc/PID/status). Past `limit`, go on: the test then shows what happened.
+pub fn wait_for_sigterm_handler(parent: u32, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let ready = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            let Some((head, rest)) = stat.rsplit_once(')') else { return false };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            if ppid != Some(parent) || !head.contains("python") {
+                return false;
+            }
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+        });
+        if ready {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn run_with_evictions(
     store: &str,
     run_id: &str,
@@ -254,6 +281,10 @@ pub fn run_with_evictions(
     for (i, delay) in evict_after.iter().enumerate() {
         let slot = tempfile::tempdir().unwrap();
         let child = spawn_run(slot.path(), store, run_id, env, &[], &cmd);
+        // The delay counts from when the trainer can take the signal: counted from the
+        // spawn, a loaded machine (a full `make test`) spent it all on baton's restore and
+        // Python's start, and every attempt died before its first commit.
+        wait_for_sigterm_handler(child.id(), Duration::from_secs(120));
         std::thread::sleep(Duration::from_secs_f64(*delay));
         send_signal(child.id(), libc::SIGTERM);
         let out = output_of(child);
