@@ -57,11 +57,13 @@ torture: venv
 
 # Everything measured (tens of minutes): baton on the directory store and s3s-fs
 # (docs/benchmarks.md), beside the usual tools with latency, flush and trainer-throughput
-# rows (docs/benchmarks-tools.md), and goodput under preemption.
+# rows (docs/benchmarks-tools.md), goodput under preemption, and dataset pulls beside
+# aws s3 sync and rclone (bench-out/data.md; docs/benchmarks-data.md says how to read it).
 bench: build venv
 	bash bench/run.sh
 	bash bench/compare.sh
 	bash bench/goodput.sh
+	mkdir -p bench-out && bash bench/data.sh | tee bench-out/data.md
 
 # baton beside aws, tar|zstd|aws, rclone and restic on one s3s-fs server (docs/benchmarks-tools.md).
 bench-tools: build venv

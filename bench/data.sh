@@ -19,7 +19,11 @@ BATON=${BATON:-$ROOT/target/release/baton}
 OUT=$ROOT/bench-out/data
 SRV=$OUT/server
 S3S=${S3S:-$ROOT/bench-out/bin/bin/s3s-fs}
-[[ -x $S3S ]] || S3S=/work/main/bench-out/bin/bin/s3s-fs
+if [[ ! -x $S3S ]]; then
+    echo "== installing s3s-fs 0.14.1 (cargo, ~3 min)" >&2
+    cargo install -q s3s-fs@0.14.1 --features binary --locked --root "$ROOT/bench-out/bin"
+    S3S=$ROOT/bench-out/bin/bin/s3s-fs
+fi
 AWS=$ROOT/.venv/bin/aws
 PORT=${BENCH_PORT:-8916}
 KEY=BENCHKEY
