@@ -58,10 +58,11 @@ install_tools() {
     [[ -x $BATON ]] || die "no $BATON: run cargo build --release"
 }
 
+# The stamp holds the size the data was made for: data of another size is made again.
 make_data() {
-    local stamp=$OUT/.made-ckpt-$BENCH_MB
-    [[ -f $stamp ]] && return
-    rm -rf "$DATA" "$OUT"/.made-ckpt-* "$OUT"/.made-ckpt2-* && mkdir -p "$DATA"
+    local stamp=$OUT/.made-ckpt
+    [[ -f $stamp && $(<"$stamp") == "$BENCH_MB" ]] && return
+    rm -rf "$DATA" "$DATA2" "$stamp" "$OUT/.made-ckpt2" && mkdir -p "$DATA"
     say "generating $BENCH_MB MiB of float32 weights and Adam moments"
     "$PY" - "$DATA" "$BENCH_MB" <<'EOF'
 import sys, numpy as np
@@ -79,14 +80,14 @@ for name, scale in (("weights.bin", 0.05), ("exp_avg.bin", 1e-3), ("exp_avg_sq.b
                 x = np.abs(x)
             f.write(x.astype("<f4").tobytes())
 EOF
-    touch "$stamp"
+    echo "$BENCH_MB" >"$stamp"
 }
 
 # The second checkpoint: the weights with 5% changed (the last 5%, as when only the
 # head is trained), and new optimizer state.
 make_data2() {
-    local stamp=$OUT/.made-ckpt2-$BENCH_MB
-    [[ -f $stamp ]] && return
+    local stamp=$OUT/.made-ckpt2
+    [[ -f $stamp && $(<"$stamp") == "$BENCH_MB" ]] && return
     rm -rf "$DATA2" && mkdir -p "$DATA2"
     say "generating the second checkpoint"
     "$PY" - "$DATA" "$DATA2" <<'EOF2'
@@ -104,7 +105,7 @@ for name, scale in (("exp_avg.bin", 1e-3), ("exp_avg_sq.bin", 1e-6)):
         x = np.abs(x)
     x.tofile(f"{out}/{name}")
 EOF2
-    touch "$stamp"
+    echo "$BENCH_MB" >"$stamp"
 }
 
 SERVER_PID=
