@@ -187,14 +187,17 @@ fn simulate_verifies(script: &str, step_seconds: &str, trace: &str) {
 
 #[test]
 fn torch_example_passes_simulate_verify() {
-    // 84 steps of 0.1 s after a ~5 s start: attempt 2 (from ~10 s) needs more than 6 s.
-    simulate_verifies(PLAIN, "0.1", "9 soft\n16 hard\n");
+    // 84 steps of 0.2 s: attempt 2 (from ~10 s) still has at least ~44 steps (8.8 s) and
+    // its start to go at 16 s, however fast torch starts. With 0.1 s steps an idle machine
+    // finished attempt 2 before the hard eviction came (a clean `make test` failed).
+    simulate_verifies(PLAIN, "0.2", "9 soft\n16 hard\n");
 }
 
 #[test]
 fn lightning_example_passes_simulate_verify() {
-    // 84 steps of 0.15 s after a ~11 s start: attempt 2 (from ~18 s) needs more than 12 s.
-    simulate_verifies(LIGHTNING, "0.15", "17 soft\n30 hard\n");
+    // 84 steps of 0.25 s: attempt 2 (from ~18 s) has at least ~44 steps (11 s) and its
+    // start to go at 30 s.
+    simulate_verifies(LIGHTNING, "0.25", "17 soft\n30 hard\n");
 }
 
 /// The test above has teeth: the same comparison catches a trainer that resumes the
