@@ -113,6 +113,7 @@ pub struct AttemptRecords {
 /// (`Totals::add_sizes`), so that an overview can build a timeline without the manifests.
 pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Point]) -> (Vec<AttemptRow>, Totals) {
     let t0 = records.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);
+    let t0 = if t0.is_finite() { t0 } else { observed.iter().map(|o| o.spawned_at).fold(f64::INFINITY, f64::min) };
     let mut rows = Vec::new();
     let mut totals = Totals::default();
     let mut last_end = t0;
@@ -186,6 +187,36 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Poin
             evicted_at: if evicted { Some(stopped - t0) } else { None },
         });
     }
+    // An attempt the simulator evicted before its `baton run` wrote a start record (a hard
+    // eviction right after the previous attempt's slow exit, say) still happened: it
+    // counts as an attempt and an eviction, with no training in it.
+    for o in observed.iter().filter(|o| !records.iter().any(|r| r.start.attempt == o.attempt)) {
+        let Some((kind, at)) = o.eviction else { continue };
+        totals.evictions += 1;
+        match kind {
+            Kind::Hard => totals.hard += 1,
+            Kind::Soft => totals.soft += 1,
+        }
+        last_end = last_end.max(o.gone_at);
+        rows.push(AttemptRow {
+            attempt: 0,
+            slot: o.slot.clone(),
+            device: String::new(),
+            start: o.spawned_at - t0,
+            duration: (o.gone_at - o.spawned_at).max(0.0),
+            running_seconds: (at - o.spawned_at).max(0.0),
+            ending: format!("{} before it started (no record)", if kind == Kind::Hard { "hard-evicted" } else { "evicted" }),
+            restored_seq: None,
+            restored_epoch: None,
+            committed: Vec::new(),
+            work_lost: 0.0,
+            saved_on_eviction: false,
+            restore_seconds: 0.0,
+            flush_seconds: None,
+            evicted_at: Some(at - t0),
+        });
+    }
+    rows.sort_by(|a, b| a.start.total_cmp(&b.start));
     totals.attempts = rows.len();
     totals.wall_seconds = if rows.is_empty() { 0.0 } else { last_end - t0 };
     totals.goodput = if totals.wall_seconds > 0.0 { totals.useful_seconds / totals.wall_seconds } else { 0.0 };
@@ -279,5 +310,27 @@ mod tests {
         let points: Vec<Point> = costly.iter().map(Point::from).collect();
         let (_, t) = compute(&observed, &records, &points);
         assert!(close(t.useful_seconds, 39.0), "{}", t.useful_seconds);
+    }
+
+    /// The simulator pulled the plug on an attempt before its `baton run` wrote a start
+    /// record (the previous attempt took long to leave, so the trace's next eviction was
+    /// already due): the report still counts that attempt and its hard eviction.
+    #[test]
+    fn an_attempt_evicted_before_it_left_a_record_still_counts() {
+        let records = vec![
+            AttemptRecords { start: start(1, 100.0, 1.0, None), end: Some(end(1, 128.0, Ending::Evicted, Some(126.0), 1.5)) },
+            AttemptRecords { start: start(2, 128.6, 1.0, Some(2)), end: Some(end(2, 150.0, Ending::Completed, None, 0.5)) },
+        ];
+        let observed = vec![
+            Observed { attempt: 1, slot: "cpu".into(), spawned_at: 99.9, eviction: Some((Kind::Soft, 126.0)), gone_at: 128.0 },
+            Observed { attempt: 0, slot: "cpu".into(), spawned_at: 128.1, eviction: Some((Kind::Hard, 128.2)), gone_at: 128.3 },
+            Observed { attempt: 2, slot: "cpu".into(), spawned_at: 128.5, eviction: None, gone_at: 150.0 },
+        ];
+        let points = vec![Point::from(&manifest(1, 1, 111.0, 1)), Point::from(&manifest(2, 2, 149.0, 3))];
+        let (rows, t) = compute(&observed, &records, &points);
+        assert_eq!((t.attempts, t.evictions, t.soft, t.hard), (3, 2, 1, 1), "{t:?}");
+        assert_eq!(rows.iter().map(|r| r.attempt).collect::<Vec<_>>(), vec![1, 0, 2]);
+        assert!(rows[1].ending.contains("hard-evicted before it started"), "{}", rows[1].ending);
+        assert!((t.wall_seconds - 50.0).abs() < 1e-9, "{}", t.wall_seconds);
     }
 }
