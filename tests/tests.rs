@@ -13,7 +13,7 @@ mod chirp;
 mod classad;
 // The commit socket under abuse: idle floods, a silent supervisor.
 mod commit_socket;
-// Datasets: push shares chunks across versions, pulls through a shared cache download once, run --data, prune keeps them.
+// Datasets: push shares chunks across versions, two pushes at once both publish, pulls through a shared cache download once, run --data, prune keeps them.
 mod data;
 // Damaged and hostile store contents: verify names them, run falls back, restore never writes outside.
 mod damage;

@@ -345,8 +345,39 @@ pub async fn push(store: &Store, name: &DatasetName, dir: &Path, settings: &Push
         },
     };
     validate_files(&manifest.files, MAX_CHUNK)?;
-    store.put_dataset_manifest(name, version, manifest.to_bytes().into()).await?;
-    Ok(manifest)
+    publish(store, name, manifest).await
+}
+
+/// How many times a push that lost its version number to another push at the same time
+/// takes the next one. Each round has a winner, so this many pushes of one name at once
+/// all publish; past that, the conflict error says to push again.
+const PUBLISH_TRIES: u32 = 16;
+
+/// Write the manifest as version `manifest.version`, or, when another push of the same
+/// name took that number between our listing and our write, as the next free version.
+/// Both pushes stored their chunks already, so the loser's publishing costs one listing
+/// and one write, and no version is overwritten: the manifest write is create-only and
+/// read back (`Store::put_dataset_manifest`).
+async fn publish(store: &Store, name: &DatasetName, mut manifest: DatasetManifest) -> anyhow::Result<DatasetManifest> {
+    let mut tries = 1;
+    loop {
+        match store.put_dataset_manifest(name, manifest.version, manifest.to_bytes().into()).await {
+            Ok(()) => return Ok(manifest),
+            Err(e) if e.kind() == ErrorKind::Conflict && tries < PUBLISH_TRIES => {
+                let versions = store.list_dataset_versions(name).await.map_err(store_err(name))?;
+                // Past both the newest listed and the one just lost: a listing can lag a
+                // write on some stores.
+                let next = versions.last().map_or(0, |v| v + 1).max(manifest.version + 1);
+                tracing::warn!(
+                    "another push of dataset {name} took version {} at the same time; publishing this push as version {next}",
+                    manifest.version
+                );
+                manifest.version = next;
+                tries += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// One line of `baton data list`.
@@ -453,6 +484,76 @@ mod tests {
         check_mounts(&[m("a=x"), m("b=y")]).unwrap();
         assert!(check_mounts(&[m("a-b=x"), m("a.b=y")]).unwrap_err().contains("BATON_DATA_A_B"));
         assert!(check_mounts(&[m("a=x"), m("b=x/sub")]).unwrap_err().contains("same directory"));
+    }
+
+    /// A store where another push publishes the version a push is about to write, right
+    /// before it writes it, `races` times: the worst interleaving, every time.
+    struct Interloper {
+        inner: crate::store::MemoryBackend,
+        races: std::sync::atomic::AtomicU32,
+    }
+
+    impl std::fmt::Display for Interloper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("interloper")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Backend for Interloper {
+        async fn put(&self, key: &str, data: bytes::Bytes, create_only: bool) -> crate::store::Result<crate::store::PutOutcome> {
+            use std::sync::atomic::Ordering;
+            if key.starts_with("datasets/") && self.races.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                self.inner.put(key, bytes::Bytes::from(format!("the other push's {key}")), true).await?;
+            }
+            self.inner.put(key, data, create_only).await
+        }
+        async fn get(&self, key: &str, limit: u64) -> crate::store::Result<bytes::Bytes> {
+            self.inner.get(key, limit).await
+        }
+        async fn head(&self, key: &str) -> crate::store::Result<Option<u64>> {
+            self.inner.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> crate::store::Result<Vec<crate::store::ObjectInfo>> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> crate::store::Result<()> {
+            self.inner.delete(key).await
+        }
+    }
+
+    fn racing_store(races: u32) -> Store {
+        let backend = Interloper { inner: crate::store::MemoryBackend::new(), races: races.into() };
+        Store::from_backend(std::sync::Arc::new(backend), "memory://interloper")
+    }
+
+    #[tokio::test]
+    async fn a_push_that_loses_its_version_to_another_takes_the_next_and_overwrites_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"the data").unwrap();
+        let name = DatasetName::parse("d").unwrap();
+        let store = racing_store(2);
+        let m = push(&store, &name, dir.path(), &PushSettings::default()).await.unwrap();
+        assert_eq!(m.version, 3, "versions 1 and 2 were taken while it published");
+        assert_eq!(store.list_dataset_versions(&name).await.unwrap(), vec![1, 2, 3]);
+        for v in [1, 2] {
+            let there = store.get_dataset_manifest_bytes(&name, v).await.unwrap();
+            assert_eq!(there, format!("the other push's {}", crate::store::dataset_key(&name, v)), "version {v} was overwritten");
+        }
+        assert_eq!(load(&store, &name, 3).await.unwrap(), m);
+    }
+
+    #[tokio::test]
+    async fn a_push_that_keeps_losing_stops_with_the_conflict_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"the data").unwrap();
+        let name = DatasetName::parse("d").unwrap();
+        let store = racing_store(PUBLISH_TRIES);
+        let e = push(&store, &name, dir.path(), &PushSettings::default()).await.unwrap_err();
+        let conflict = e.downcast_ref::<StoreError>().unwrap_or_else(|| panic!("not a store error: {e:#}"));
+        assert_eq!(conflict.kind(), ErrorKind::Conflict, "{e:#}");
+        assert!(format!("{e:#}").contains("push again"), "{e:#}");
+        assert_eq!(store.list_dataset_versions(&name).await.unwrap().len(), PUBLISH_TRIES as usize);
     }
 
     #[test]
