@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 /// `count` files of `size` bytes each (deterministic random bytes, incompressible), in
 /// `dir/part-<i>/f<j>.bin`, plus one empty file.
-fn make_dataset(dir: &Path, count: usize, size: usize, seed: u64) {
+pub(crate) fn make_dataset(dir: &Path, count: usize, size: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     for i in 0..count {
         let sub = dir.join(format!("part-{}", i % 4));
@@ -21,7 +21,7 @@ fn make_dataset(dir: &Path, count: usize, size: usize, seed: u64) {
     std::fs::write(dir.join("EMPTY"), b"").unwrap();
 }
 
-fn ok(out: &Output, what: &str) -> serde_json::Value {
+pub(crate) fn ok(out: &Output, what: &str) -> serde_json::Value {
     assert!(out.status.success(), "{what} failed ({:?}):\n{}", out.status, text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", text(&out.stdout)))
 }
@@ -42,7 +42,7 @@ fn pull_cmd(store: &str, name: &str, to: &Path, cache: Option<&Path>) -> Command
 }
 
 /// Every file of `a` is in `b` with the same bytes, and nothing else is.
-fn same_tree(a: &Path, b: &Path) {
+pub(crate) fn same_tree(a: &Path, b: &Path) {
     let out = Command::new("diff").arg("-r").arg(a).arg(b).output().unwrap();
     assert!(out.status.success(), "{} and {} differ:\n{}", a.display(), b.display(), text(&out.stdout));
 }

@@ -661,3 +661,130 @@ fn a_damaged_chunk_gets_a_good_copy_beside_it_on_a_write_once_origin() {
     verify_ok(&store, "first", &env);
     verify_ok(&store, "second", &env);
 }
+
+/// Distinct chunk hashes of a dataset manifest (`data push --json`).
+fn dataset_chunks(manifest: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let files = manifest["files"].as_array().unwrap();
+    files.iter().flat_map(|f| f["chunks"].as_array().unwrap().iter().map(|c| c["hash"].as_str().unwrap().to_string())).collect()
+}
+
+fn push_dataset(store: &str, env: &[(String, String)], dir: &Path, name: &str) -> serde_json::Value {
+    let out = baton_with(env).args(["data", "push", "--store", store, "--name", name, "--json"]).arg(dir).output().unwrap();
+    crate::data::ok(&out, "data push")
+}
+
+/// Every object read since the log was cleared came from the cache the director names
+/// first, never from the origin, and `chunks` were among them.
+fn assert_read_through_the_cache(fed: &Federation, chunks: &std::collections::BTreeSet<String>) {
+    let log = fed.log_entries();
+    let gets: Vec<&serde_json::Value> = log.iter().filter(|e| e["method"] == "GET" && e["server"] != "federation").collect();
+    let off_cache: Vec<&&serde_json::Value> = gets.iter().filter(|e| e["server"] != "cache" || e["status"] != 200).collect();
+    assert!(off_cache.is_empty(), "reads not served by the cache: {off_cache:?}");
+    for h in chunks {
+        assert!(
+            gets.iter().any(|e| e["target"].as_str().unwrap().ends_with(h.as_str())),
+            "chunk {h} was not read through the cache:\n{}",
+            fed.log()
+        );
+    }
+    assert!(
+        gets.iter().any(|e| e["target"].as_str().unwrap().contains("/datasets/shards/versions/")),
+        "the manifest was not read through the cache"
+    );
+}
+
+/// Datasets on Pelican/OSDF are read as checkpoints are: through the cache the director
+/// names first (`Link` pri=1), by `data pull` and by `run --data` while the run's
+/// checkpoint restores.
+#[test]
+fn a_dataset_on_pelican_is_pulled_through_the_cache_the_director_names() {
+    let fed = Federation::start();
+    let (env, _) = rw_env(&fed);
+    let store = fed.store_url("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    crate::data::make_dataset(&data, 12, 30_000, 31);
+    let chunks = dataset_chunks(&push_dataset(&store, &env, &data, "shards"));
+    assert_eq!(chunks.len(), 12, "one chunk per non-empty file");
+
+    fed.clear_log();
+    let to = tmp.path().join("pulled");
+    let out = baton_with(&env).args(["data", "pull", "--store", &store, "shards", "--json", "--to"]).arg(&to).output().unwrap();
+    let stats = crate::data::ok(&out, "data pull");
+    assert_eq!(stats["fetched_chunks"], 12, "{stats}");
+    crate::data::same_tree(&data, &to);
+    assert_read_through_the_cache(&fed, &chunks);
+
+    // A checkpoint to restore, then a run that needs both.
+    ok_run(&store, "r", &env);
+    fed.clear_log();
+    let slot = tempfile::tempdir().unwrap();
+    let script = r#"set -e
+        test "$BATON_DATA_SHARDS" = "$PWD/in/shards"
+        cmp "$BATON_DATA_SHARDS/part-1/f001.bin" "$ORIG/part-1/f001.bin"
+        test "$(cat "$BATON_CHECKPOINT_DIR/b")" = hello
+        echo "restored $BATON_RESTORED_SEQ""#;
+    let mut run_env = env.clone();
+    run_env.push(("ORIG".into(), data.display().to_string()));
+    let out = output_of(spawn_run(slot.path(), &store, "r", &run_env, &["--data", "shards=in/shards"], &["sh", "-c", script]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("restored 1") && stderr.contains("pulled dataset shards version 1"), "{stdout}\n{stderr}");
+    crate::data::same_tree(&data, &slot.path().join("in/shards"));
+    assert_read_through_the_cache(&fed, &chunks);
+}
+
+/// One bit flipped in one stored chunk of a dataset: the federation's own crc32c agrees
+/// with the damaged bytes, so only baton's sha256 can tell. `data pull`, `verify` and
+/// `run --data` all refuse it, naming the file; nothing is written and the command does
+/// not start. Pushing the directory again writes a good copy beside the damaged chunk
+/// (origins refuse overwrites), and then both versions pull.
+#[test]
+fn a_damaged_dataset_chunk_on_pelican_is_detected_and_a_push_repairs_it() {
+    let fed = Federation::start();
+    let (env, _) = rw_env(&fed);
+    let store = fed.store_url("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    crate::data::make_dataset(&data, 6, 30_000, 32);
+    let pushed = push_dataset(&store, &env, &data, "shards");
+    let victim_file = pushed["files"].as_array().unwrap().iter().find(|f| f["size"].as_u64() > Some(0)).unwrap();
+    let (path, hash) = (victim_file["path"].as_str().unwrap(), victim_file["chunks"][0]["hash"].as_str().unwrap());
+    let victim = fed.object_path(&format!("/test/data/chunks/{}/{hash}", &hash[..2]));
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+
+    let to = tmp.path().join("pulled");
+    let out = baton_with(&env).args(["data", "pull", "--store", &store, "shards", "--to"]).arg(&to).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(71), "{err}");
+    assert!(err.contains(&format!("dataset shards version 1, file {path}")), "{err}");
+    assert!(!to.exists(), "a failed pull left {}", to.display());
+
+    let out = baton_with(&env).args(["verify", "--store", &store, "--dataset", "shards"]).output().unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(71), "{report}{}", text(&out.stderr));
+    assert!(report.lines().any(|l| l.starts_with("DAMAGED") && l.contains(path)), "{report}");
+
+    let (out, started) = {
+        let slot = tempfile::tempdir().unwrap();
+        let out = output_of(spawn_run(slot.path(), &store, "r", &env, &["--data", "shards=in"], &["sh", "-c", "touch started"]));
+        (out, slot.path().join("started").exists())
+    };
+    assert_eq!(out.status.code(), Some(71), "{}", text(&out.stderr));
+    assert!(!started, "the command started without its dataset");
+
+    let again = push_dataset(&store, &env, &data, "shards");
+    assert_eq!(again["version"], 2);
+    assert!(fed.object_path(&format!("/test/data/chunks/{}/{hash}.1", &hash[..2])).is_file(), "no good copy beside the damaged chunk");
+    for v in ["shards@1", "shards@2"] {
+        let to = tmp.path().join(v);
+        let out = baton_with(&env).args(["data", "pull", "--store", &store, v, "--json", "--to"]).arg(&to).output().unwrap();
+        crate::data::ok(&out, "data pull after the repair");
+        crate::data::same_tree(&data, &to);
+    }
+    let out = baton_with(&env).args(["verify", "--store", &store, "--dataset", "shards"]).output().unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
