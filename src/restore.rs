@@ -98,18 +98,46 @@ enum Fetch {
 }
 
 async fn fetch_copy(store: &Store, hash: &str, copy: u32, size: u64) -> Result<Vec<u8>, Fetch> {
-    let stored = match store.get_chunk_copy(hash, copy, chunking::max_stored_size(size)).await {
+    let limit = chunking::max_stored_size(size);
+    let stored = match store.get_chunk_copy(hash, copy, limit).await {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::Integrity => {
             return Err(Fetch::Damaged { missing: matches!(e, StoreError::NotFound { .. }), detail: e.to_string() })
         }
         Err(e) => return Err(Fetch::Unavailable(e)),
     };
+    let served = match decode(hash, stored, size).await {
+        Ok(data) => return Ok(data),
+        Err(detail) => detail,
+    };
+    // A cache may hold a damaged copy of a good object (its transfer checksum is of its
+    // own bytes, so only the hash tells): look at the origin before calling the store's
+    // object damaged and marking it so.
+    match store.get_chunk_copy_from_origin(hash, copy, limit).await {
+        Ok(None) => Err(Fetch::Damaged { detail: served, missing: false }),
+        Ok(Some(stored)) => match decode(hash, stored, size).await {
+            Ok(data) => {
+                tracing::warn!("chunk {hash}: the copy a cache served was damaged ({served}); read it from the origin instead");
+                Ok(data)
+            }
+            Err(detail) => Err(Fetch::Damaged { detail, missing: false }),
+        },
+        Err(e) if e.kind() == ErrorKind::Integrity => {
+            Err(Fetch::Damaged { missing: matches!(e, StoreError::NotFound { .. }), detail: e.to_string() })
+        }
+        // The origin cannot be asked: the damage may be the cache's alone, so it is not
+        // marked in the store.
+        Err(e) => Err(Fetch::Unavailable(e)),
+    }
+}
+
+/// Decode and check one stored chunk; why not, when its bytes are not the chunk's.
+async fn decode(hash: &str, stored: bytes::Bytes, size: u64) -> Result<Vec<u8>, String> {
     let hash = hash.to_string();
     match tokio::task::spawn_blocking(move || chunking::decode(&hash, stored, size)).await {
         Ok(Ok(data)) => Ok(data),
-        Ok(Err(e)) => Err(Fetch::Damaged { detail: e.to_string(), missing: false }),
-        Err(e) => Err(Fetch::Damaged { detail: format!("decoding failed: {e}"), missing: false }),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("decoding failed: {e}")),
     }
 }
 

@@ -788,3 +788,39 @@ fn a_damaged_dataset_chunk_on_pelican_is_detected_and_a_push_repairs_it() {
     let out = baton_with(&env).args(["verify", "--store", &store, "--dataset", "shards"]).output().unwrap();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
+
+/// A cache that holds a damaged copy of a good chunk (its crc32c is of its own bytes, so
+/// the transfer check passes): baton's sha256 catches it, the origin is asked past the
+/// cache (`?directread`), and the pull succeeds without marking the store's good object
+/// damaged. Checkpoint restores read chunks the same way.
+#[test]
+fn a_damaged_copy_in_the_cache_is_read_again_from_the_origin() {
+    let fed = Federation::start();
+    let (env, _) = rw_env(&fed);
+    let store = fed.store_url("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    crate::data::make_dataset(&data, 6, 30_000, 33);
+    let pushed = push_dataset(&store, &env, &data, "shards");
+    let hash = pushed["files"].as_array().unwrap().iter().find(|f| f["size"].as_u64() > Some(0)).unwrap()["chunks"][0]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fed.clear_log();
+    // Every read of that chunk from the cache, however often it is asked.
+    fed.set_fault(&format!(r#"{{"kind": "corrupt", "count": 1000, "server": "cache", "path_contains": "{hash}"}}"#));
+    let to = tmp.path().join("pulled");
+    let out = baton_with(&env).args(["data", "pull", "--store", &store, "shards", "--json", "--to"]).arg(&to).output().unwrap();
+    crate::data::ok(&out, "data pull past a damaged cache copy");
+    crate::data::same_tree(&data, &to);
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("chunk {hash}: the copy a cache served was damaged")), "{err}");
+    let log = fed.log_entries();
+    let served =
+        |server: &str| log.iter().any(|e| e["method"] == "GET" && e["server"] == server && e["target"].as_str().unwrap().contains(&hash));
+    assert!(served("cache") && served("origin"), "read from the cache, then from the origin:\n{}", fed.log());
+    assert!(log.iter().any(|e| e["fault"] == "corrupt"), "the cache never served the damaged copy");
+    assert!(!fed.object_path(&format!("/test/data/damaged/{hash}")).exists(), "the origin's good chunk was marked damaged");
+    let out = baton_with(&env).args(["verify", "--store", &store, "--dataset", "shards"]).output().unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}

@@ -12,6 +12,9 @@ use super::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
     Get,
+    /// A read from the origin, past every cache (`?directread`): for a second look when
+    /// what a cache served did not hash to what was stored.
+    GetDirect,
     Put,
     Delete,
 }
@@ -19,7 +22,7 @@ pub enum Verb {
 impl Verb {
     pub fn method(self) -> reqwest::Method {
         match self {
-            Verb::Get => reqwest::Method::GET,
+            Verb::Get | Verb::GetDirect => reqwest::Method::GET,
             Verb::Put => reqwest::Method::PUT,
             Verb::Delete => reqwest::Method::DELETE,
         }
@@ -132,7 +135,10 @@ pub fn parse_answer(headers: &HeaderMap) -> Result<Answer, String> {
 
 /// Ask the director once (the caller retries).
 pub async fn ask(http: &reqwest::Client, director: &str, path: &str, verb: Verb) -> Result<Answer, Error> {
-    let url = format!("{director}{}", encode_path(path));
+    let mut url = format!("{director}{}", encode_path(path));
+    if verb == Verb::GetDirect {
+        url.push_str("?directread");
+    }
     let what = format!("director {} {path}", verb.method());
     let mut req = http.request(verb.method(), &url);
     if verb == Verb::Put {

@@ -492,23 +492,32 @@ remove the object with a token that has storage.modify, then commit again"
     /// Download `path`, refusing more than `limit` bytes; servers tried in the director's
     /// order, each transfer checked against the server's crc32c.
     pub async fn get(&self, path: &str, limit: u64) -> Result<Bytes, Error> {
+        self.get_via(path, limit, Verb::Get).await
+    }
+
+    /// `get` from the origin only, past the caches (the director's `?directread`).
+    pub async fn get_direct(&self, path: &str, limit: u64) -> Result<Bytes, Error> {
+        self.get_via(path, limit, Verb::GetDirect).await
+    }
+
+    async fn get_via(&self, path: &str, limit: u64, verb: Verb) -> Result<Bytes, Error> {
         let mut retry = Retry::new(self.policy, format!("GET {path}"));
         let mut server = 0usize;
         loop {
-            match self.get_once(path, limit, server).await {
+            match self.get_once(path, limit, server, verb).await {
                 Ok(b) => return Ok(b),
                 Err(e) => {
                     server += 1;
                     if let Err(e) = retry.again(e).await {
-                        return Err(self.gave_up(path, Verb::Get, e));
+                        return Err(self.gave_up(path, verb, e));
                     }
                 }
             }
         }
     }
 
-    async fn get_once(&self, path: &str, limit: u64, server: usize) -> Result<Bytes, Error> {
-        let target = self.resolve(path, Verb::Get).await?;
+    async fn get_once(&self, path: &str, limit: u64, server: usize, verb: Verb) -> Result<Bytes, Error> {
+        let target = self.resolve(path, verb).await?;
         let required = target.namespace.as_ref().is_some_and(|n| n.require_token);
         let token = if required || target.standalone { self.token(required)? } else { None };
         let url = target.urls[server % target.urls.len()].clone();

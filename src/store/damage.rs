@@ -152,6 +152,12 @@ impl Store {
         self.backend.get(&copy_key(hash, copy), limit).await
     }
 
+    /// `get_chunk_copy` past any cache (`Backend::get_from_origin`); `None` when the
+    /// store has no cache in front of it.
+    pub async fn get_chunk_copy_from_origin(&self, hash: &str, copy: u32, limit: u64) -> Result<Option<Bytes>> {
+        self.backend.get_from_origin(&copy_key(hash, copy), limit).await
+    }
+
     pub async fn delete_chunk_copy(&self, hash: &str, copy: u32) -> Result<()> {
         self.backend.delete(&copy_key(hash, copy)).await
     }

@@ -101,6 +101,13 @@ pub trait Backend: Send + Sync + std::fmt::Display {
     async fn put(&self, key: &str, data: Bytes, create_only: bool) -> Result<PutOutcome>;
     /// Read a whole object, refusing anything larger than `limit` bytes.
     async fn get(&self, key: &str, limit: u64) -> Result<Bytes>;
+    /// `get` from where the object is stored, past every cache between (a Pelican
+    /// federation's caches): a second look when what `get` returned did not hash to what
+    /// was stored, so that a cache's damaged copy is not taken for damage in the store.
+    /// `None` when no cache stands between: what `get` read is what is stored.
+    async fn get_from_origin(&self, _key: &str, _limit: u64) -> Result<Option<Bytes>> {
+        Ok(None)
+    }
     /// Size of an object, or `None` when absent.
     async fn head(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).

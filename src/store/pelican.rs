@@ -100,6 +100,10 @@ impl Backend for PelicanBackend {
         self.client.get(&self.path(key), limit).await.map_err(|e| self.map_err("get", key, e))
     }
 
+    async fn get_from_origin(&self, key: &str, limit: u64) -> Result<Option<Bytes>> {
+        self.client.get_direct(&self.path(key), limit).await.map(Some).map_err(|e| self.map_err("get", key, e))
+    }
+
     async fn head(&self, key: &str) -> Result<Option<u64>> {
         match self.client.stat(&self.path(key)).await {
             Ok(Some(s)) if !s.is_dir => Ok(Some(s.size)),

@@ -325,6 +325,27 @@ fn faults_fire_then_disarm() {
     assert_eq!(faults, ["truncate", "429", "429", "bad-digest", "director-429", "stall"]);
 }
 
+/// `corrupt` stands for a cache holding a damaged copy: one byte differs, and the digest
+/// the server sends is of what it sent, so the transfer check passes.
+#[test]
+fn a_corrupt_fault_serves_a_damaged_copy_with_a_matching_digest() {
+    let fed = Federation::start();
+    let token = fed.mint_token(RW, 600);
+    let body = payload(20_000);
+    assert_eq!(put(&fed, &token, "/test/c/obj", &body), 201);
+    let url = format!("{}/test/c/obj", fed.cache);
+    fed.set_fault(r#"{"kind": "corrupt", "server": "cache", "path_contains": "/c/"}"#);
+    let r = fed.request("GET", &url, Some(&token), &[("Want-Digest", "crc32c")], None);
+    assert_eq!((r.status, r.body.len()), (200, body.len()));
+    let differ: Vec<usize> = (0..body.len()).filter(|&i| r.body[i] != body[i]).collect();
+    assert_eq!(differ, [body.len() / 2], "one byte flipped in the middle");
+    assert_eq!(r.header("Digest"), Some(format!("crc32c={:08x}", crc32c(&r.body)).as_str()));
+    // One shot, and the origin was never affected.
+    let r = fed.request("GET", &url, Some(&token), &[], None);
+    assert_eq!(r.body, body);
+    assert_eq!(std::fs::read(fed.object_path("/test/c/obj")).unwrap(), body);
+}
+
 #[test]
 fn paths_cannot_escape_the_export() {
     let fed = Federation::start();
