@@ -263,10 +263,10 @@ fn bad_dataset_input_gets_one_clear_error() {
 /// what is asserted holds whatever the interleaving: both publish, as versions 1 and 2,
 /// each version holds exactly the directory of the push that reported it, and `verify`
 /// and `data pull` of both pass. Returns the loser's stderr line, if the race happened.
-fn two_pushes_at_once(store: &str, env: &[(String, String)], tmp: &Path) -> Option<String> {
+fn two_pushes_at_once(store: &str, env: &[(String, String)], tmp: &Path, files: usize) -> Option<String> {
     let dirs = [tmp.join("push-a"), tmp.join("push-b")];
     for (i, d) in dirs.iter().enumerate() {
-        make_dataset(d, 300, 8_000, 20 + i as u64);
+        make_dataset(d, files, 8_000, 20 + i as u64);
     }
     let pushes: Vec<_> = dirs
         .iter()
@@ -309,7 +309,7 @@ fn two_pushes_at_once(store: &str, env: &[(String, String)], tmp: &Path) -> Opti
 fn two_pushes_of_one_name_at_once_on_a_directory_store_publish_two_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let raced = two_pushes_at_once(store.to_str().unwrap(), &[], tmp.path());
+    let raced = two_pushes_at_once(store.to_str().unwrap(), &[], tmp.path(), 300);
     eprintln!("the pushes raced for version 1: {raced:?}");
 }
 
@@ -318,6 +318,7 @@ fn two_pushes_of_one_name_at_once_on_s3_publish_two_versions() {
     let moto = Moto::start();
     moto.create_bucket("datasets");
     let tmp = tempfile::tempdir().unwrap();
-    let raced = two_pushes_at_once("s3://datasets/store", &moto.env("k", "s"), tmp.path());
+    // Each file costs two requests to moto: 100 take the pushes far past their listings.
+    let raced = two_pushes_at_once("s3://datasets/store", &moto.env("k", "s"), tmp.path(), 100);
     eprintln!("the pushes raced for version 1: {raced:?}");
 }
