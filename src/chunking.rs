@@ -108,23 +108,161 @@ pub fn chunks<R: std::io::Read>(reader: R, size: u64) -> impl Iterator<Item = st
 
 /// Split a reader with a given cut (repair tries the cut an older baton used).
 pub fn chunks_with<R: std::io::Read>(reader: R, cut: Cut) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
-    fastcdc::v2020::StreamCDC::new(reader, cut.min as usize, cut.avg as usize, cut.max as usize).map(|r| {
-        r.map(|c| c.data).map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(io) => io,
-            other => std::io::Error::other(other.to_string()),
-        })
-    })
+    Chunker::with_cut(reader, u64::MAX, cut, None).map(|r| r.map(|c| c.data))
+}
+
+/// A fast, non-cryptographic 128-bit fingerprint of a chunk's bytes (xxh3), about 20x
+/// cheaper than its sha256.
+pub fn fingerprint(data: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(data)
+}
+
+/// How this process last cut and stored a file: every chunk's length, sha256 and
+/// fingerprint. The next capture of the same file (a checkpoint whose weights changed in
+/// places) is cut with it as a hint: see [`Chunker`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub cut: Cut,
+    pub size: u64,
+    pub chunks: Vec<LaidChunk>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaidChunk {
+    pub len: u64,
+    pub hash: String,
+    pub fingerprint: u128,
+}
+
+/// A chunk as the chunker cut it: its bytes, their fingerprint and, when a hint
+/// recognised them, their sha256.
+#[derive(Debug)]
+pub struct Cutting {
+    pub data: Vec<u8>,
+    pub fingerprint: u128,
+    pub hash: Option<String>,
+}
+
+/// Content-defined chunking of a file, with an optional hint of how the file was cut
+/// before. The cuts are exactly FastCDC's (`StreamCDC` with the same parameters, tested
+/// below): a chunk is cut by scanning at most `cut.max` bytes from its start, the decision
+/// depending only on those bytes and on how many remain to the end of the file, capped at
+/// `cut.max`. So where the hint says that the previous version of the file had a chunk at
+/// this same offset, that as many bytes remained then (capped the same way), and that its
+/// bytes have the same fingerprint as the bytes here, FastCDC would cut the same chunk
+/// again, and its sha256 is the one recorded: the chunk is taken without scanning for a
+/// cut point or hashing it. Anything else is cut and hashed as usual; after a changed
+/// region the cuts fall back into step with the hint's (content-defined), and the hint
+/// applies again. The eviction flush of a checkpoint that changed in places spends its
+/// time on the file's own sha256 and the changed chunks only.
+///
+/// The fingerprint is 128 bits of xxh3: an accidental match of different bytes is out of
+/// reach (2^-128 per chunk). A trainer that built bytes to collide on purpose would only
+/// break its own checkpoint, and restore would say so: the file's sha256, always
+/// computed over every byte, would not match the chunks.
+pub struct Chunker<R> {
+    reader: R,
+    cut: Cut,
+    /// The file's size when it was opened.
+    size: u64,
+    /// Bytes read from `offset` on, not yet handed out.
+    buf: Vec<u8>,
+    eof: bool,
+    offset: u64,
+    hint: Option<std::sync::Arc<Layout>>,
+    /// The hint's next chunk and where it starts.
+    hint_at: (usize, u64),
+}
+
+impl<R: std::io::Read> Chunker<R> {
+    pub fn new(reader: R, size: u64, hint: Option<std::sync::Arc<Layout>>) -> Self {
+        let cut = cut_for(size);
+        Chunker::with_cut(reader, size, cut, hint)
+    }
+
+    pub fn with_cut(reader: R, size: u64, cut: Cut, hint: Option<std::sync::Arc<Layout>>) -> Self {
+        let hint = hint.filter(|h| h.cut == cut);
+        Chunker { reader, cut, size, buf: Vec::new(), eof: false, offset: 0, hint, hint_at: (0, 0) }
+    }
+
+    /// Read until `buf` holds `want` bytes or the file ends.
+    fn fill(&mut self, want: usize) -> std::io::Result<()> {
+        use std::io::Read;
+        while self.buf.len() < want && !self.eof {
+            let missing = (want - self.buf.len()) as u64;
+            self.buf.reserve_exact(missing as usize);
+            let n = (&mut self.reader).take(missing).read_to_end(&mut self.buf)?;
+            if (n as u64) < missing {
+                self.eof = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `n` bytes of `buf` as a chunk; the rest stays for the next.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let mut rest = Vec::with_capacity(self.cut.max as usize);
+        rest.extend_from_slice(&self.buf[n..]);
+        let mut chunk = std::mem::replace(&mut self.buf, rest);
+        chunk.truncate(n);
+        self.offset += n as u64;
+        chunk
+    }
+
+    /// The hint's chunk at the current offset, when FastCDC's decision there would see
+    /// what it saw then (the same bytes, see [`Chunker`], and the same remainder).
+    fn hinted(&mut self) -> Option<LaidChunk> {
+        let hint = self.hint.as_ref()?;
+        while self.hint_at.1 < self.offset {
+            let c = hint.chunks.get(self.hint_at.0)?;
+            self.hint_at = (self.hint_at.0 + 1, self.hint_at.1 + c.len);
+        }
+        let c = hint.chunks.get(self.hint_at.0).filter(|_| self.hint_at.1 == self.offset)?;
+        let max = u64::from(self.cut.max);
+        let then = hint.size.saturating_sub(self.offset).min(max);
+        let now = self.size.saturating_sub(self.offset).min(max);
+        (then == now && c.len <= max).then(|| c.clone())
+    }
+
+    fn next_chunk(&mut self) -> std::io::Result<Option<Cutting>> {
+        if let Some(c) = self.hinted() {
+            self.fill(c.len as usize)?;
+            if self.buf.len() as u64 >= c.len {
+                let fingerprint = fingerprint(&self.buf[..c.len as usize]);
+                if fingerprint == c.fingerprint {
+                    let data = self.take(c.len as usize);
+                    return Ok(Some(Cutting { data, fingerprint, hash: Some(c.hash) }));
+                }
+            }
+        }
+        self.fill(self.cut.max as usize)?;
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let cdc = fastcdc::v2020::FastCDC::new(&self.buf, self.cut.min as usize, self.cut.avg as usize, self.cut.max as usize);
+        let (_, end) = cdc.cut(0, self.buf.len());
+        let data = self.take(end.max(1));
+        Ok(Some(Cutting { fingerprint: fingerprint(&data), data, hash: None }))
+    }
+}
+
+impl<R: std::io::Read> Iterator for Chunker<R> {
+    type Item = std::io::Result<Cutting>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_chunk().transpose()
+    }
 }
 
 /// The bytes to store for a chunk (raw chunks are passed through without a copy).
-pub fn encode(data: Vec<u8>, level: i32) -> std::io::Result<Vec<u8>> {
+pub fn encode(data: bytes::Bytes, level: i32) -> std::io::Result<bytes::Bytes> {
     let starts_like_zstd = data.starts_with(&ZSTD_MAGIC);
     if !starts_like_zstd && (level == 0 || !sample_pays(&data, level)?) {
         return Ok(data);
     }
     let compressed = zstd::bulk::compress(&data, level.max(1))?;
     if starts_like_zstd || compressed.len() + data.len() / MIN_SAVING_DIVISOR <= data.len() {
-        Ok(compressed)
+        Ok(compressed.into())
     } else {
         Ok(data)
     }
@@ -187,10 +325,92 @@ pub fn decode<S: AsRef<[u8]> + Into<Vec<u8>>>(hash: &str, stored: S, expected: u
 mod tests {
     use super::*;
 
+    /// A small cut, so that a few MiB of test data make many chunks.
+    const TEST_CUT: Cut = Cut { min: 2 << 10, avg: 8 << 10, max: 32 << 10 };
+
+    fn stream_cdc(data: &[u8], cut: Cut) -> Vec<Vec<u8>> {
+        fastcdc::v2020::StreamCDC::new(data, cut.min as usize, cut.avg as usize, cut.max as usize).map(|c| c.unwrap().data).collect()
+    }
+
+    fn layout_of(data: &[u8], cut: Cut) -> Layout {
+        let chunks = stream_cdc(data, cut)
+            .iter()
+            .map(|c| LaidChunk { len: c.len() as u64, hash: sha256_hex(c), fingerprint: fingerprint(c) })
+            .collect();
+        Layout { cut, size: data.len() as u64, chunks }
+    }
+
+    fn cut_with(data: &[u8], cut: Cut, hint: Option<Layout>) -> Vec<Cutting> {
+        Chunker::with_cut(data, data.len() as u64, cut, hint.map(std::sync::Arc::new)).map(|c| c.unwrap()).collect()
+    }
+
+    /// The chunker cuts exactly where FastCDC's own stream chunker does, at every size
+    /// around the cut's bounds.
+    #[test]
+    fn the_chunker_cuts_where_fastcdc_does() {
+        for len in [0, 1, 2047, 2048, 2049, 8192, 32767, 32768, 32769, 65536, 100_001, 3 << 20] {
+            let data = noise(len as u64 + 1, len);
+            let ours: Vec<Vec<u8>> = cut_with(&data, TEST_CUT, None).into_iter().map(|c| c.data).collect();
+            assert_eq!(ours, stream_cdc(&data, TEST_CUT), "length {len}");
+        }
+        let data = noise(9, 40 << 20);
+        let ours: Vec<Vec<u8>> = chunks_with(&data[..], LARGE_CUT).map(|c| c.unwrap()).collect();
+        assert_eq!(ours, stream_cdc(&data, LARGE_CUT));
+    }
+
+    /// With the previous version's layout as a hint, the chunks are the very chunks a
+    /// fresh cut makes, whatever changed (in place, grown, shrunk, shifted); the
+    /// unchanged ones come with their sha256 (right) and without a scan, the changed
+    /// ones without.
+    #[test]
+    fn a_hint_changes_no_cut_and_names_only_unchanged_chunks() {
+        let before = noise(1, 3 << 20);
+        let mut edited = before.clone();
+        for k in 0..20 {
+            let at = k * (before.len() / 20) + 1000;
+            edited[at..at + 500].iter_mut().for_each(|b| *b ^= 0x5a);
+        }
+        let mut grown = before.clone();
+        grown.extend_from_slice(&noise(2, 100_000));
+        let shrunk = before[..before.len() - 100_000].to_vec();
+        let mut shifted = vec![7u8; 1000];
+        shifted.extend_from_slice(&before);
+        let mut tail_edit = before.clone();
+        let n = tail_edit.len();
+        tail_edit[n - 10] ^= 1;
+        let hint = layout_of(&before, TEST_CUT);
+        for (name, after) in
+            [("same", &before), ("edited", &edited), ("grown", &grown), ("shrunk", &shrunk), ("shifted", &shifted), ("tail", &tail_edit)]
+        {
+            let ours = cut_with(after, TEST_CUT, Some(hint.clone()));
+            let fresh = stream_cdc(after, TEST_CUT);
+            assert_eq!(ours.iter().map(|c| &c.data).collect::<Vec<_>>(), fresh.iter().collect::<Vec<_>>(), "{name}: cuts differ");
+            for c in &ours {
+                assert_eq!(c.fingerprint, fingerprint(&c.data), "{name}");
+                if let Some(h) = &c.hash {
+                    assert_eq!(h, &sha256_hex(&c.data), "{name}: a named chunk has another sha256");
+                }
+            }
+            let named = ours.iter().filter(|c| c.hash.is_some()).count();
+            match name {
+                "same" => assert_eq!(named, ours.len(), "{name}"),
+                "edited" | "grown" | "shrunk" | "tail" => assert!(named * 10 >= ours.len() * 6, "{name}: {named} of {} named", ours.len()),
+                _ => {} // shifted: offsets moved, the hint is rightly of no use
+            }
+        }
+        // A hint for another cut is not used.
+        let other = Cut { min: 4 << 10, avg: 16 << 10, max: 64 << 10 };
+        assert!(cut_with(&before, other, Some(hint.clone())).iter().all(|c| c.hash.is_none()));
+        // A hint whose fingerprints do not match the bytes names nothing.
+        let mut wrong = hint;
+        wrong.chunks.iter_mut().for_each(|c| c.fingerprint ^= 1);
+        assert!(cut_with(&before, TEST_CUT, Some(wrong)).iter().all(|c| c.hash.is_none()));
+    }
+
     #[test]
     fn compressible_data_is_stored_compressed_and_comes_back() {
         let data = vec![7u8; 100_000];
-        let stored = encode(data.clone(), 1).unwrap();
+        let stored = encode(data.clone().into(), 1).unwrap();
         assert!(stored.len() < data.len() / 10);
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
@@ -210,7 +430,7 @@ mod tests {
     #[test]
     fn incompressible_data_is_stored_raw() {
         let data = noise(0x9E3779B97F4A7C15, 100_000);
-        let stored = encode(data.clone(), 1).unwrap();
+        let stored = encode(data.clone().into(), 1).unwrap();
         assert_eq!(stored, data);
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
@@ -235,7 +455,7 @@ mod tests {
         let whole = zstd::bulk::compress(&data, 1).unwrap().len();
         assert!(whole < data.len() * 97 / 100, "zstd should save a little: {whole} of {}", data.len());
         assert!(whole > data.len() * 7 / 8, "not enough saving to pay: {whole} of {}", data.len());
-        let stored = encode(data.clone(), 1).unwrap();
+        let stored = encode(data.clone().into(), 1).unwrap();
         assert_eq!(stored, data);
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
@@ -248,7 +468,7 @@ mod tests {
                 *b = 0; // an optimizer state that is mostly untouched
             }
         }
-        let stored = encode(data.clone(), 1).unwrap();
+        let stored = encode(data.clone().into(), 1).unwrap();
         assert!(stored.len() < data.len() / 4, "{} of {}", stored.len(), data.len());
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
@@ -257,7 +477,7 @@ mod tests {
     fn raw_data_that_looks_like_zstd_is_never_ambiguous() {
         let mut data = ZSTD_MAGIC.to_vec();
         data.extend((0..1000u32).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8));
-        let stored = encode(data.clone(), 1).unwrap();
+        let stored = encode(data.clone().into(), 1).unwrap();
         assert_eq!(decode(&sha256_hex(&data), stored.clone(), data.len() as u64).unwrap(), data);
     }
 
@@ -265,13 +485,13 @@ mod tests {
     fn damage_and_bombs_are_caught() {
         let data = vec![1u8; 10_000];
         let hash = sha256_hex(&data);
-        let mut stored = encode(data.clone(), 1).unwrap();
+        let mut stored = encode(data.clone().into(), 1).unwrap().to_vec();
         assert!(matches!(decode(&hash, stored.clone(), 5_000), Err(ChunkError::Size { .. })));
         let last = stored.len() - 1;
         stored[last] ^= 0xff;
         assert!(decode(&hash, stored.clone(), 10_000).is_err());
-        let raw = encode(data.clone(), 0).unwrap();
-        let mut flipped = raw.clone();
+        let raw = encode(data.clone().into(), 0).unwrap();
+        let mut flipped = raw.to_vec();
         flipped[10] ^= 1;
         assert!(matches!(decode(&hash, flipped.clone(), 10_000), Err(ChunkError::Hash { .. })));
     }
@@ -281,7 +501,7 @@ mod tests {
         let weights = float_weights(1 << 18);
         let zeros = vec![0u8; 1 << 20];
         for data in [&weights, &zeros] {
-            let stored = encode(data.clone(), 1).unwrap().len() as u64;
+            let stored = encode(data.clone().into(), 1).unwrap().len() as u64;
             assert_eq!(plausible_stored_size(stored, data), Plausible::Yes, "what baton writes");
             assert_eq!(plausible_stored_size(data.len() as u64, data), Plausible::Yes, "raw, as at level 0");
             assert_eq!(plausible_stored_size(data.len() as u64 + 1, data), Plausible::No, "padded");

@@ -19,6 +19,6 @@ fn main() {
         let token = std::env::args_os().nth(2).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
         std::process::exit(baton::watcher::main(&token));
     }
-    baton::process::one_malloc_arena();
+    baton::process::tune_malloc();
     std::process::exit(cli::main());
 }

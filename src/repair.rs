@@ -105,9 +105,9 @@ pub async fn repair(store: &Store, wanted: &BTreeMap<String, u64>, source: &Sour
             continue;
         }
         let size = data.len() as u64;
-        let encoded = tokio::task::spawn_blocking(move || chunking::encode(data, zstd_level)).await??;
+        let encoded = tokio::task::spawn_blocking(move || chunking::encode(Bytes::from(data), zstd_level)).await??;
         markers.insert(&hash, 0);
-        let written = match store.write_good_copy(&hash, Bytes::from(encoded), &markers).await {
+        let written = match store.write_good_copy(&hash, encoded, &markers).await {
             Ok(_) => restore::check_chunk(store, &hash, size).await.map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
         };

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::time::Instant;
 
 use crate::attempt::Attempt;
@@ -51,12 +50,26 @@ struct ChunkOut {
     stored: u64,
 }
 
-async fn put_one(store: &Store, known: &KnownChunks, marked: &Damaged, data: Vec<u8>, level: i32) -> anyhow::Result<ChunkOut> {
-    let (data, hash) = tokio::task::spawn_blocking(move || {
-        let hash = chunking::sha256_hex(&data);
-        (data, hash)
-    })
-    .await?;
+/// Store one chunk. `hash` is its sha256 when the chunker already knows it (a chunk
+/// unchanged since this process last stored the file: `chunking::Chunker`).
+async fn put_one(
+    store: &Store,
+    known: &KnownChunks,
+    marked: &Damaged,
+    data: Bytes,
+    hash: Option<String>,
+    level: i32,
+) -> anyhow::Result<ChunkOut> {
+    let (data, hash) = match hash {
+        Some(hash) => (data, hash),
+        None => {
+            tokio::task::spawn_blocking(move || {
+                let hash = chunking::sha256_hex(&data);
+                (data, hash)
+            })
+            .await?
+        }
+    };
     let size = data.len() as u64;
     // A chunk some baton found damaged is written again, never reused: reusing it would
     // spread the damage into this checkpoint and every later one with the same bytes.
@@ -101,7 +114,7 @@ async fn put_one(store: &Store, known: &KnownChunks, marked: &Damaged, data: Vec
         true => {
             let mut marked = marked.clone();
             marked.insert(&hash, 0);
-            let copy = store.write_good_copy(&hash, Bytes::from(encoded), &marked).await?;
+            let copy = store.write_good_copy(&hash, encoded, &marked).await?;
             tracing::warn!(
                 "chunk {hash} is damaged in the store; wrote a good copy{}",
                 if copy > 0 { format!(" beside it (copy {copy})") } else { String::new() }
@@ -110,7 +123,7 @@ async fn put_one(store: &Store, known: &KnownChunks, marked: &Damaged, data: Vec
             true
         }
         false => {
-            let created = store.put_chunk(&hash, Bytes::from(encoded)).await? == PutOutcome::Created;
+            let created = store.put_chunk(&hash, encoded).await? == PutOutcome::Created;
             known.insert(hash.clone());
             created
         }
@@ -126,14 +139,75 @@ pub const WINDOW_BYTES: u64 = 32 << 20;
 const FILES_AT_ONCE: usize = 3;
 const UNIT: u64 = 64 << 10;
 
+/// Files at least this large have their sha256 taken on a thread of their own, beside
+/// the reader's cutting: on the eviction flush of a checkpoint that changed in places
+/// the file hash is most of the work, and the other core would otherwise idle.
+const HASH_APART: u64 = 16 << 20;
+/// Chunks queued for a file's hashing thread (each also holds its share of the window).
+const HASH_QUEUE: usize = 4;
+
+/// A chunk's share of the byte window, held until both its upload and the file hash are
+/// done with it.
+type Share = std::sync::Arc<tokio::sync::OwnedSemaphorePermit>;
+
 enum Piece {
-    Chunk(Vec<u8>, tokio::sync::OwnedSemaphorePermit),
+    Chunk { data: Bytes, fingerprint: u128, hash: Option<String>, _share: Share },
     End { sha256: String, size: u64 },
 }
 
-/// Read one file on a blocking thread, sending its chunks and finally its digest.
+/// A file's sha256, taken in order over its chunks: inline, or on a thread of its own.
+enum FileHash {
+    Inline(Sha256, u64),
+    Apart(std::sync::mpsc::SyncSender<(Bytes, Share)>, std::thread::JoinHandle<(Sha256, u64)>),
+}
+
+impl FileHash {
+    fn new(len: u64) -> std::io::Result<FileHash> {
+        if len < HASH_APART {
+            return Ok(FileHash::Inline(Sha256::new(), 0));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Bytes, Share)>(HASH_QUEUE);
+        let handle = std::thread::Builder::new().name("baton-file-hash".into()).spawn(move || {
+            let (mut hasher, mut size) = (Sha256::new(), 0u64);
+            for (data, _share) in rx {
+                hasher.update(&data);
+                size += data.len() as u64;
+            }
+            (hasher, size)
+        })?;
+        Ok(FileHash::Apart(tx, handle))
+    }
+
+    fn update(&mut self, data: &Bytes, share: &Share) -> anyhow::Result<()> {
+        match self {
+            FileHash::Inline(hasher, size) => {
+                hasher.update(data);
+                *size += data.len() as u64;
+            }
+            FileHash::Apart(tx, _) => {
+                tx.send((data.clone(), share.clone())).map_err(|_| anyhow::anyhow!("the file's hashing thread stopped"))?
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<(String, u64)> {
+        let (hasher, size) = match self {
+            FileHash::Inline(hasher, size) => (hasher, size),
+            FileHash::Apart(tx, handle) => {
+                drop(tx);
+                handle.join().map_err(|_| anyhow::anyhow!("the file's hashing thread failed"))?
+            }
+        };
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+}
+
+/// Read one file on a blocking thread, sending its chunks and finally its digest. The
+/// file's sha256 is taken over the chunks as they are cut, in order: every byte once.
 fn spawn_reader(
     path: std::path::PathBuf,
+    hint: Option<std::sync::Arc<chunking::Layout>>,
     window: usize,
     bytes: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> tokio::sync::mpsc::Receiver<anyhow::Result<Piece>> {
@@ -142,20 +216,22 @@ fn spawn_reader(
         let result = (|| -> anyhow::Result<()> {
             let file = std::fs::File::open(&path)?;
             let len = file.metadata()?.len();
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            let tee = HashingReader { inner: file, hasher: &mut hasher, size: &mut size };
-            for chunk in chunking::chunks(tee, len) {
+            let mut file_hash = FileHash::new(len)?;
+            for chunk in chunking::Chunker::new(file, len, hint) {
                 let chunk = chunk?;
-                let units = (chunk.len() as u64).div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
+                let data = Bytes::from(chunk.data);
+                let units = (data.len() as u64).div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
                 let Ok(permit) = futures::executor::block_on(bytes.clone().acquire_many_owned(units)) else {
                     return Ok(());
                 };
-                if tx.blocking_send(Ok(Piece::Chunk(chunk, permit))).is_err() {
+                let share = std::sync::Arc::new(permit);
+                file_hash.update(&data, &share)?;
+                let piece = Piece::Chunk { data, fingerprint: chunk.fingerprint, hash: chunk.hash, _share: share };
+                if tx.blocking_send(Ok(piece)).is_err() {
                     return Ok(()); // the upload was cancelled
                 }
             }
-            let sha256 = hex::encode(hasher.finalize());
+            let (sha256, size) = file_hash.finish()?;
             let _ = tx.blocking_send(Ok(Piece::End { sha256, size }));
             Ok(())
         })();
@@ -164,21 +240,6 @@ fn spawn_reader(
         }
     });
     rx
-}
-
-struct HashingReader<'a, R> {
-    inner: R,
-    hasher: &'a mut Sha256,
-    size: &'a mut u64,
-}
-
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        *self.size += n as u64;
-        Ok(n)
-    }
 }
 
 /// One file's chunks, as its reader sends them, stored in order.
@@ -193,28 +254,33 @@ async fn upload_file(
     let mut pieces = tokio_stream_from(rx)
         .map(|piece| async move {
             match piece? {
-                // The permit is held until the chunk is stored.
-                Piece::Chunk(data, _permit) => put_one(store, known, marked, data, settings.zstd_level).await.map(Ok),
+                // The share of the window is held until the chunk is stored.
+                Piece::Chunk { data, fingerprint, hash, _share } => {
+                    put_one(store, known, marked, data, hash, settings.zstd_level).await.map(|out| Ok((out, fingerprint)))
+                }
                 Piece::End { sha256, size } => Ok(Err((sha256, size))),
             }
         })
         .buffered(settings.concurrency.max(1));
     let mut chunks = Vec::new();
+    let mut laid = Vec::new();
     let mut digest = None;
     let mut new = (0u64, 0u64);
     while let Some(item) = pieces.next().await {
         match item.map_err(|e| e.context(format!("uploading {}", f.rel)))? {
-            Ok(c) => {
+            Ok((c, fingerprint)) => {
                 if c.new {
                     new.0 += c.size;
                     new.1 += c.stored;
                 }
+                laid.push(chunking::LaidChunk { len: c.size, hash: c.hash.clone(), fingerprint });
                 chunks.push(ChunkRef { hash: c.hash, size: c.size });
             }
             Err(end) => digest = Some(end),
         }
     }
     let (sha256, size) = digest.ok_or_else(|| anyhow::anyhow!("{}: reading stopped before the end", f.rel))?;
+    known.remember_layout(&f.rel, chunking::Layout { cut: chunking::cut_for(size), size, chunks: laid });
     Ok((FileEntry { path: f.rel.clone(), size, mode: f.mode, sha256, chunks }, new))
 }
 
@@ -257,7 +323,7 @@ pub async fn store_files(
     let mut uploads = futures::stream::iter(0..snap.files.len())
         .map(|i| {
             let f = &snap.files[i];
-            let rx = spawn_reader(snap.dir.join(&f.rel), window, bytes.clone());
+            let rx = spawn_reader(snap.dir.join(&f.rel), known.layout(&f.rel), window, bytes.clone());
             upload_file(store, known, marked, settings, f, rx).boxed()
         })
         .buffered(files_at_once.max(1));

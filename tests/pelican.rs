@@ -791,7 +791,7 @@ fn a_damaged_dataset_chunk_on_pelican_is_detected_and_a_push_repairs_it() {
 
 /// A cache that holds a damaged copy of a good chunk (its crc32c is of its own bytes, so
 /// the transfer check passes): baton's sha256 catches it, the origin is asked past the
-/// cache (`?directread`), and the pull succeeds without marking the store's good object
+/// cache (the director's origin endpoint), and the pull succeeds without marking the store's good object
 /// damaged. Checkpoint restores read chunks the same way.
 #[test]
 fn a_damaged_copy_in_the_cache_is_read_again_from_the_origin() {

@@ -12,7 +12,7 @@ use super::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
     Get,
-    /// A read from the origin, past every cache (`?directread`): for a second look when
+    /// A read from the origin, past every cache (`/api/v1.0/director/origin/<path>`): for a second look when
     /// what a cache served did not hash to what was stored.
     GetDirect,
     Put,
@@ -135,10 +135,12 @@ pub fn parse_answer(headers: &HeaderMap) -> Result<Answer, String> {
 
 /// Ask the director once (the caller retries).
 pub async fn ask(http: &reqwest::Client, director: &str, path: &str, verb: Verb) -> Result<Answer, Error> {
-    let mut url = format!("{director}{}", encode_path(path));
-    if verb == Verb::GetDirect {
-        url.push_str("?directread");
-    }
+    // The director's origin endpoint redirects to an origin, never a cache (documented in
+    // `pelican director --help`; pelicanfs reads directly the same way).
+    let url = match verb {
+        Verb::GetDirect => format!("{director}/api/v1.0/director/origin{}", encode_path(path)),
+        _ => format!("{director}{}", encode_path(path)),
+    };
     let what = format!("director {} {path}", verb.method());
     let mut req = http.request(verb.method(), &url);
     if verb == Verb::Put {

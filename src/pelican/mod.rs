@@ -495,7 +495,7 @@ remove the object with a token that has storage.modify, then commit again"
         self.get_via(path, limit, Verb::Get).await
     }
 
-    /// `get` from the origin only, past the caches (the director's `?directread`).
+    /// `get` from the origin only, past the caches (the director's origin endpoint).
     pub async fn get_direct(&self, path: &str, limit: u64) -> Result<Bytes, Error> {
         self.get_via(path, limit, Verb::GetDirect).await
     }

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// How long a chunk seen in the store is taken to be there without asking again.
 pub const TRUST: Duration = Duration::from_secs(10 * 60);
+/// File layouts remembered at most (a few hundred bytes each for a checkpoint's files).
+pub const MAX_LAYOUTS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct KnownChunks {
@@ -27,6 +29,11 @@ pub struct KnownChunks {
     /// Chunks this process wrote a good copy of, over or beside a damaged one: the
     /// store's markers for them are answered (see `store::damage`).
     repaired: Arc<Mutex<HashSet<String>>>,
+    /// How this process last stored each file path (`chunking::Layout`): the next
+    /// capture of the file is cut with it as a hint. Knowledge of the file's bytes, not
+    /// of the store: a chunk the hint recognises is still looked up here and in the
+    /// store like any other.
+    layouts: Arc<Mutex<HashMap<String, Arc<crate::chunking::Layout>>>>,
     trust: Duration,
 }
 
@@ -38,7 +45,7 @@ impl Default for KnownChunks {
 
 impl KnownChunks {
     pub fn trusting_for(trust: Duration) -> Self {
-        KnownChunks { seen: Arc::default(), damaged: Arc::default(), repaired: Arc::default(), trust }
+        KnownChunks { seen: Arc::default(), damaged: Arc::default(), repaired: Arc::default(), layouts: Arc::default(), trust }
     }
 
     /// Seen in the store within the trust window.
@@ -72,6 +79,21 @@ impl KnownChunks {
             r.insert(h.clone());
         }
         self.insert(h);
+    }
+
+    /// How `path` was last stored by this process, if it was.
+    pub fn layout(&self, path: &str) -> Option<Arc<crate::chunking::Layout>> {
+        self.layouts.lock().ok().and_then(|l| l.get(path).cloned())
+    }
+
+    /// Remember how `path` was stored. Bounded: past [`MAX_LAYOUTS`] paths (a dataset of
+    /// many files) nothing more is remembered, and the hint is only lost speed.
+    pub fn remember_layout(&self, path: &str, layout: crate::chunking::Layout) {
+        if let Ok(mut l) = self.layouts.lock() {
+            if l.len() < MAX_LAYOUTS || l.contains_key(path) {
+                l.insert(path.to_string(), Arc::new(layout));
+            }
+        }
     }
 
     pub fn was_repaired(&self, h: &str) -> bool {
