@@ -457,3 +457,60 @@ fn simulate_refuses_bad_node_counts() {
         assert_eq!(err.matches("error:").count(), 1, "{err}");
     }
 }
+
+/// `prune --keep K` on a run in parts: the newest K complete checkpoints stay with every
+/// part, older complete ones go with all their parts, an incomplete one older than the
+/// newest complete one goes, old rendezvous generations go (the newest stays), and what
+/// is left verifies and restores on two nodes.
+#[test]
+fn prune_keeps_the_newest_complete_checkpoints_in_parts() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    for round in 0..2 {
+        let sync = tempfile::tempdir().unwrap();
+        let runs = run_nodes(s, "pr", &[shell_node(sync.path(), 0), shell_node(sync.path(), 1)], None);
+        assert!(runs.iter().all(|r| r.code == Some(0)), "{}", logs(&runs));
+        if round == 0 {
+            // Node 1's part of the final checkpoint (3) is lost: 3 is incomplete.
+            std::fs::remove_file(store.path().join("runs/pr/parts/0000000003/0001.json")).unwrap();
+        }
+    }
+    let rows = |v: &serde_json::Value| -> Vec<(u64, bool)> {
+        v["parts"].as_array().unwrap().iter().map(|p| (p["seq"].as_u64().unwrap(), p["complete"].as_bool().unwrap())).collect()
+    };
+    let before = inspect(s, "pr");
+    assert_eq!(rows(&before), [(1, true), (2, true), (3, false), (4, true), (5, true), (6, true)], "{before}");
+    let generations = || -> Vec<String> {
+        let mut g: Vec<_> = std::fs::read_dir(store.path().join("runs/pr/rendezvous"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        g.sort();
+        g
+    };
+    assert_eq!(generations().len(), 2);
+
+    let dry = baton().args(["prune", "--store", s, "pr", "--keep", "2", "--grace", "0s", "--dry-run", "--json"]).output().unwrap();
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(plan["checkpoints"], serde_json::json!([["pr", 1], ["pr", 2], ["pr", 3], ["pr", 4]]), "{plan}");
+    assert_eq!(plan["parts"].as_array().unwrap().len(), 7, "two parts each of 1, 2 and 4, one of 3: {plan}");
+    assert_eq!(plan["rendezvous"], serde_json::json!([["pr", 1]]), "{plan}");
+    assert_eq!(rows(&inspect(s, "pr")).len(), 6, "a dry run deletes nothing");
+
+    let out = baton().args(["prune", "--store", s, "pr", "--keep", "2", "--grace", "0s"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("deleted 1 rendezvous record(s) of old generations"), "{}", text(&out.stdout));
+    assert_eq!(rows(&inspect(s, "pr")), [(5, true), (6, true)]);
+    assert_eq!(generations(), ["000000002.json"]);
+    let out = baton().args(["verify", "--store", s, "pr"]).output().unwrap();
+    assert!(out.status.success(), "every chunk a kept part uses is there: {}{}", text(&out.stdout), text(&out.stderr));
+
+    // The nodes meet again (generation 3 after the newest kept) and restore checkpoint 6.
+    let sync = tempfile::tempdir().unwrap();
+    let runs = run_nodes(s, "pr", &[shell_node(sync.path(), 0), shell_node(sync.path(), 1)], None);
+    assert!(runs.iter().all(|r| r.code == Some(0)), "{}", logs(&runs));
+    for r in &runs {
+        assert!(r.err.contains("generation 3 restored=6 files=shard-0,shard-1,"), "{}", logs(&runs));
+    }
+}
