@@ -371,7 +371,11 @@ fn simulate_nodes(work: &Path, trace: &str, extra: &[&str], trainer: &[&str]) ->
         .arg("--")
         .arg("python3")
         .arg(fixture("nodes_trainer.py"))
-        .args(["--steps", "50", "--step-seconds", "0.1", "--commit-every", "10", "--connect-timeout", "5", "--join-timeout", "30"])
+        // Node 1 gives up on node 0's address only after 30 s of refusals: on a loaded
+        // machine node 0's python may take seconds to listen, and giving up then is a
+        // failure with no eviction to blame. Node 0 waits longer for its peers than that,
+        // so a node 1 stuck on a stale address gives up and joins the next generation.
+        .args(["--steps", "50", "--step-seconds", "0.1", "--commit-every", "10", "--connect-timeout", "30", "--join-timeout", "60"])
         .args(trainer)
         .output()
         .unwrap();
