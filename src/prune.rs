@@ -2,7 +2,7 @@
 //! out), as rustic_core's `PrunePlan`. Only prune deletes; `baton run` never does.
 
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use crate::error::{ErrorKind, Failure};
@@ -17,8 +17,13 @@ use crate::store::{parse_copy_name, Store};
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
     pub dry_run: bool,
-    /// (run, seq) of each checkpoint to delete.
+    /// (run, seq) of each checkpoint to delete, whole or in parts.
     pub checkpoints: Vec<(String, u64)>,
+    /// Of those, the checkpoints of runs on several nodes: (run, seq, node) of each part.
+    pub parts: Vec<(String, u64, u32)>,
+    /// (run, generation) of each rendezvous record to delete: every generation but a
+    /// run's newest, published longer ago than the grace period.
+    pub rendezvous: Vec<(String, u64)>,
     pub chunks: usize,
     pub chunk_bytes: u64,
     /// Temporary files of writes that never finished (uploads killed mid-write), older
@@ -28,6 +33,8 @@ pub struct PrunePlan {
     /// Unreferenced chunks kept because the store does not say how old they are (a
     /// Pelican origin whose listing has no Last-Modified): age unknown is never old enough.
     pub unknown_age: usize,
+    #[serde(skip)]
+    doomed_manifests: Vec<(String, u64)>,
     #[serde(skip)]
     doomed_chunks: Vec<(String, u32)>,
     #[serde(skip)]
@@ -45,14 +52,35 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
     };
     let mut plan = PrunePlan::default();
     let mut removed: HashSet<(String, u64)> = HashSet::new();
+    let mut removed_parts: HashSet<(String, u64)> = HashSet::new();
+    let now = crate::attempt::now();
     for run in &targets {
         let seqs = store.list_manifests(run).await?;
-        let cut = seqs.len().saturating_sub(usize::try_from(keep).unwrap_or(usize::MAX));
-        for &seq in &seqs[..cut] {
-            plan.checkpoints.push((run.to_string(), seq));
-            removed.insert((run.to_string(), seq));
+        let parts = parts_of(store, run).await?;
+        if parts.is_empty() {
+            // A run that never ran on several nodes: by seq, damaged or not, as always.
+            let cut = seqs.len().saturating_sub(usize::try_from(keep).unwrap_or(usize::MAX));
+            for &seq in &seqs[..cut] {
+                plan.doomed_manifests.push((run.to_string(), seq));
+                removed.insert((run.to_string(), seq));
+            }
+        } else {
+            let (whole, in_parts) = multi_node(&seqs, &parts, keep, now, grace.as_secs_f64());
+            for seq in whole {
+                plan.doomed_manifests.push((run.to_string(), seq));
+                removed.insert((run.to_string(), seq));
+            }
+            for seq in in_parts {
+                for &node in &parts[&seq].nodes {
+                    plan.parts.push((run.to_string(), seq, node));
+                }
+                removed_parts.insert((run.to_string(), seq));
+            }
         }
+        plan.rendezvous.extend(old_generations(store, run, now, grace.as_secs_f64()).await?.into_iter().map(|g| (run.to_string(), g)));
     }
+    plan.checkpoints = plan.doomed_manifests.iter().cloned().chain(removed_parts.iter().cloned()).collect();
+    plan.checkpoints.sort();
     let mut referenced = HashSet::new();
     for run in &all_runs {
         for seq in store.list_manifests(run).await? {
@@ -70,9 +98,12 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
             })?;
             referenced.extend(m.chunk_hashes().map(str::to_string));
         }
-        // Checkpoints of runs on several nodes, in parts: never pruned yet, and every
-        // part's chunks are kept, complete or not (a node may still be uploading).
+        // Checkpoints of runs on several nodes, in parts: every remaining part's chunks
+        // are kept, complete or not (a node may still be uploading).
         for (seq, nodes) in store.list_parts(run).await? {
+            if removed_parts.contains(&(run.to_string(), seq)) {
+                continue;
+            }
             for (node, part) in crate::nodes::read_parts(store, run, seq, &nodes).await? {
                 let m = part.map_err(|e| {
                     Failure::new(
@@ -94,7 +125,7 @@ pub async fn plan(store: &Store, run: Option<&RunId>, keep: u64, grace: Duration
             ),
         )
     })?);
-    let now = crate::attempt::now() as i64;
+    let now = now as i64;
     let mut stored = HashSet::new();
     for o in store.list_chunks().await? {
         // The chunk's own name, or a good copy beside a damaged one (`store::damage`).
@@ -142,8 +173,16 @@ impl PrunePlan {
     /// Delete what the plan names: manifests first, so a checkpoint is never visible
     /// with its chunks gone.
     pub async fn execute(&self, store: &Store) -> anyhow::Result<()> {
-        for (run, seq) in &self.checkpoints {
-            store.delete_manifest(&RunId::parse(run).map_err(anyhow::Error::msg)?, *seq).await?;
+        let parse = |run: &str| RunId::parse(run).map_err(anyhow::Error::msg);
+        for (run, seq) in &self.doomed_manifests {
+            store.delete_manifest(&parse(run)?, *seq).await?;
+        }
+        // Any part gone makes its checkpoint incomplete: never restored from then on.
+        for (run, seq, node) in &self.parts {
+            store.delete_part(&parse(run)?, *seq, *node).await?;
+        }
+        for (run, generation) in &self.rendezvous {
+            store.delete_rendezvous(&parse(run)?, *generation).await?;
         }
         for (hash, copy) in &self.doomed_chunks {
             store.delete_chunk_copy(hash, *copy).await?;
@@ -156,6 +195,72 @@ impl PrunePlan {
         }
         Ok(())
     }
+}
+
+/// What prune needs to know of one checkpoint kept in parts.
+#[derive(Debug, Clone)]
+struct PartsCheckpoint {
+    nodes: Vec<u32>,
+    complete: bool,
+    /// When the newest readable part was written (Unix seconds); none if no part reads.
+    newest: Option<f64>,
+}
+
+async fn parts_of(store: &Store, run: &RunId) -> anyhow::Result<BTreeMap<u64, PartsCheckpoint>> {
+    let mut out = BTreeMap::new();
+    for (seq, nodes) in store.list_parts(run).await? {
+        let parts = crate::nodes::read_parts(store, run, seq, &nodes).await?;
+        let newest = parts.values().filter_map(|p| p.as_ref().ok()).map(|m| m.created).reduce(f64::max);
+        let complete = crate::nodes::complete(seq, &parts).is_ok();
+        out.insert(seq, PartsCheckpoint { nodes, complete, newest });
+    }
+    Ok(out)
+}
+
+/// Which checkpoints of a run that ran on several nodes go: (whole manifests, seqs in
+/// parts). The newest `keep` are kept, counting whole manifests (damaged or not, as on
+/// one node) and complete checkpoints in parts together, since a run may change size.
+/// An incomplete checkpoint in parts (a part missing or unreadable) is never restored:
+/// it goes once a complete checkpoint newer than it exists and its newest part is
+/// older than `grace` seconds (a node may still be uploading one); one with no readable
+/// part has no age and is kept.
+fn multi_node(whole: &[u64], parts: &BTreeMap<u64, PartsCheckpoint>, keep: u64, now: f64, grace: f64) -> (Vec<u64>, Vec<u64>) {
+    let mut counted: Vec<u64> = whole.iter().copied().chain(parts.iter().filter(|(_, p)| p.complete).map(|(s, _)| *s)).collect();
+    counted.sort_unstable();
+    counted.dedup();
+    let cut = counted.len().saturating_sub(usize::try_from(keep).unwrap_or(usize::MAX));
+    let doomed: HashSet<u64> = counted[..cut].iter().copied().collect();
+    let newest_complete = parts.iter().filter(|(_, p)| p.complete).map(|(s, _)| *s).chain(whole.iter().copied()).max();
+    let whole_doomed = whole.iter().copied().filter(|s| doomed.contains(s)).collect();
+    let parts_doomed = parts
+        .iter()
+        .filter(|(seq, p)| match p.complete {
+            // A seq with a whole manifest is that manifest (as restore takes it); its
+            // stray parts go with it.
+            true => doomed.contains(seq),
+            false => newest_complete.is_some_and(|n| **seq < n) && p.newest.is_some_and(|t| now - t >= grace),
+        })
+        .map(|(s, _)| *s)
+        .collect();
+    (whole_doomed, parts_doomed)
+}
+
+/// Rendezvous generations of `run` that no node will join again: every one but the
+/// newest (nodes join only the newest, and node 0 numbers the next from it), published
+/// longer ago than `grace` seconds (a node may be reading one it just chose). A record
+/// that cannot be read has no age and is kept.
+async fn old_generations(store: &Store, run: &RunId, now: f64, grace: f64) -> anyhow::Result<Vec<u64>> {
+    let listed = store.list_rendezvous(run).await?;
+    let mut old = Vec::new();
+    for &g in listed.iter().rev().skip(1) {
+        let Ok(bytes) = store.get_rendezvous(run, g).await else { continue };
+        let Ok(r) = serde_json::from_slice::<crate::nodes::Rendezvous>(&bytes) else { continue };
+        if now - r.published >= grace {
+            old.push(g);
+        }
+    }
+    old.sort_unstable();
+    Ok(old)
 }
 
 #[cfg(test)]
@@ -202,5 +307,34 @@ mod tests {
         store.put_chunk(&hash, Bytes::from_static(b"x")).await.unwrap();
         let plan = plan(&store, None, 1, Duration::from_secs(3600)).await.unwrap();
         assert_eq!((plan.chunks, plan.unknown_age), (0, 1), "an unreferenced chunk of unknown age was doomed");
+    }
+
+    fn cp(nodes: &[u32], complete: bool, newest: f64) -> PartsCheckpoint {
+        PartsCheckpoint { nodes: nodes.to_vec(), complete, newest: Some(newest) }
+    }
+
+    #[test]
+    fn parts_checkpoints_are_kept_by_count_and_incomplete_ones_after_a_complete_one_and_the_grace() {
+        let parts: BTreeMap<u64, PartsCheckpoint> = [
+            (1, cp(&[0, 1], true, 100.0)),
+            (2, cp(&[0], false, 200.0)),
+            (3, cp(&[0, 1], true, 300.0)),
+            (4, cp(&[0, 1], true, 400.0)),
+            (5, cp(&[1], false, 500.0)),
+        ]
+        .into();
+        // Keep 2: 3 and 4 stay; 1 goes; 2 (incomplete, older than 4) goes; 5 (newer than
+        // every complete one) stays, a node may be uploading the rest of it.
+        assert_eq!(multi_node(&[], &parts, 2, 10_000.0, 60.0), (vec![], vec![1, 2]));
+        // Within the grace an incomplete one stays.
+        assert_eq!(multi_node(&[], &parts, 2, 230.0, 60.0), (vec![], vec![1]));
+        // Whole manifests of a run that changed size count with the complete ones (and
+        // make 5 older than a complete checkpoint).
+        assert_eq!(multi_node(&[6, 7], &parts, 2, 10_000.0, 60.0), (vec![], vec![1, 2, 3, 4, 5]));
+        assert_eq!(multi_node(&[0], &parts, 1, 10_000.0, 60.0), (vec![0], vec![1, 2, 3]));
+        // An incomplete one whose parts cannot be read has no age: kept.
+        let mut p = parts.clone();
+        p.insert(2, PartsCheckpoint { nodes: vec![0], complete: false, newest: None });
+        assert_eq!(multi_node(&[], &p, 2, 10_000.0, 60.0), (vec![], vec![1]));
     }
 }

@@ -140,7 +140,7 @@ pub fn main() -> i32 {
     if cli.parse_only {
         let problem = match &cli.command {
             Command::Run(a) => a.problem(),
-            Command::Simulate(a) => a.problem().map(str::to_string),
+            Command::Simulate(a) => a.problem(),
             _ => None,
         };
         if let Some(p) = problem {

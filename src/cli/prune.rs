@@ -49,6 +49,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             plan.chunks,
             plan.chunk_bytes as f64 / 1e6
         );
+        if !plan.rendezvous.is_empty() {
+            println!("{verb} {} rendezvous record(s) of old generations", plan.rendezvous.len());
+        }
         if plan.temporaries > 0 {
             println!("{verb} {} temporary file(s) of unfinished uploads, {:.1} MB", plan.temporaries, plan.temporary_bytes as f64 / 1e6);
         }

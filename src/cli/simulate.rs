@@ -72,6 +72,11 @@ pub struct Args {
     /// against the interval beside what `baton advise` recommends from each run's records.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_interval, conflicts_with_all = ["verify", "timeline"])]
     interval_sweep: Vec<Duration>,
+    /// Run on N nodes: a `baton run --nodes N --node-rank K` per node, each on its own
+    /// slot, every eviction hitting one node drawn from the seed; the nodes that exit are
+    /// started again on new slots.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    nodes: u32,
     /// Print the eviction schedule as JSON and exit without running anything.
     #[arg(long)]
     plan_only: bool,
@@ -104,14 +109,31 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 
 const MISSING_COMMAND: &str = "baton simulate needs a command after `--`, for example: baton simulate --evictions 3 -- python3 train.py";
 
+/// The most nodes `simulate` starts: each is a `baton run` and a command on this machine.
+const MAX_NODES: u32 = 64;
+
 impl Args {
     /// What is wrong with the command line that clap cannot see, for `--parse-only` too.
-    pub fn problem(&self) -> Option<&'static str> {
-        self.command.is_empty().then_some(MISSING_COMMAND)
+    pub fn problem(&self) -> Option<String> {
+        self.nodes_problem().or_else(|| self.command.is_empty().then(|| MISSING_COMMAND.to_string()))
+    }
+
+    /// A node count `simulate` cannot run, or a combination it does not support.
+    fn nodes_problem(&self) -> Option<String> {
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return Some(format!("--nodes {}: a run has 1 to {MAX_NODES} nodes", self.nodes));
+        }
+        if self.nodes > 1 && !self.interval_sweep.is_empty() {
+            return Some("--interval-sweep runs on one node only; leave out --nodes".into());
+        }
+        None
     }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
+    if let Some(p) = a.nodes_problem() {
+        return Err(usage(p));
+    }
     let seed = a.seed.unwrap_or_else(|| baton::attempt::now().to_bits() ^ std::process::id() as u64);
     let schedule = match &a.trace {
         Some(path) => {
@@ -128,8 +150,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "seed": seed, "schedule": schedule }))?);
         return Ok(0);
     }
-    if a.command.is_empty() {
-        return Err(usage(MISSING_COMMAND));
+    if let Some(p) = a.problem() {
+        return Err(usage(p));
     }
     if a.vacate_window < Duration::from_secs(2) {
         return Err(usage("--vacate-window must be at least 2s"));
@@ -165,6 +187,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         max_attempts: a.max_attempts,
         run_args,
         command_env: vec![],
+        nodes: a.nodes,
     };
     if !a.interval_sweep.is_empty() {
         return sweep(options, &a.interval_sweep, a.json).await;
@@ -192,14 +215,29 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
 
 fn print_report(r: &simulate::Report) {
     println!("run {} (seed {}), store {}", r.run_id, r.seed, r.store);
+    // A NODE column only on several nodes: a single-node report reads as it always has.
+    let multi = !r.nodes.is_empty();
+    let node_col = |n: &str| if multi { format!("{n:>4} ") } else { String::new() };
     println!(
-        "\n{:>3} {:<15} {:<24} {:>7} {:>7} {:<16} {:>9} {:>10} {:>8} {:>8} {:>8}",
-        "#", "SLOT", "DEVICE", "START", "SECONDS", "ENDING", "RESTORED", "COMMITTED", "LOST", "FLUSH", "RESTORE"
+        "\n{:>3} {}{:<15} {:<24} {:>7} {:>7} {:<16} {:>9} {:>10} {:>8} {:>8} {:>8}",
+        "#",
+        node_col("NODE"),
+        "SLOT",
+        "DEVICE",
+        "START",
+        "SECONDS",
+        "ENDING",
+        "RESTORED",
+        "COMMITTED",
+        "LOST",
+        "FLUSH",
+        "RESTORE"
     );
     for a in &r.attempts {
         println!(
-            "{:>3} {:<15} {:<24} {:>7.1} {:>7.1} {:<16} {:>9} {:>10} {:>8.1} {:>8} {:>8.2}",
+            "{:>3} {}{:<15} {:<24} {:>7.1} {:>7.1} {:<16} {:>9} {:>10} {:>8.1} {:>8} {:>8.2}",
             a.attempt,
+            node_col(&a.node.map(|n| n.to_string()).unwrap_or_default()),
             a.slot,
             a.device,
             a.start,
@@ -235,6 +273,15 @@ fn print_report(r: &simulate::Report) {
         baton::format::bytes_short(t.new_bytes),
         baton::format::bytes_short(t.stored_bytes)
     );
+    for n in &r.nodes {
+        println!(
+            "node {}: {} attempt(s), {} eviction(s) ({} soft, {} hard), useful {:.1} s, {:.1} s of work lost",
+            n.node, n.attempts, n.evictions, n.soft, n.hard, n.useful_seconds, n.work_lost_seconds
+        );
+    }
+    if let Some(c) = &r.checkpoints {
+        println!("checkpoints: {} complete (every node's part durable), {} incomplete (never restored)", c.complete, c.incomplete);
+    }
     if let Some(f) = &r.failure {
         println!("\n{f}");
     }
@@ -285,6 +332,7 @@ async fn sweep(base: simulate::Options, intervals: &[Duration], json: bool) -> a
             max_attempts: base.max_attempts,
             run_args: base.run_args.clone(),
             command_env: vec![("BATON_CHECKPOINT_INTERVAL".into(), secs.to_string())],
+            nodes: base.nodes,
         };
         let report = simulate::simulate(options).await?;
         let (records, manifests) = baton::interval::load(&base.store, &run).await?;

@@ -4,6 +4,7 @@
 //! and report what preemption cost, from the records the runs left in the store.
 
 mod launch;
+mod nodes;
 mod progress;
 pub mod schedule;
 pub mod slots;
@@ -43,6 +44,9 @@ pub struct Options {
     pub run_args: Vec<String>,
     /// Extra environment for every attempt (an interval sweep's BATON_CHECKPOINT_INTERVAL).
     pub command_env: Vec<(String, String)>,
+    /// Nodes of the run (`--nodes`): 1 is a single-node run, above 1 a `baton run --nodes
+    /// N --node-rank K` per node, evicted one node at a time (`nodes.rs`).
+    pub nodes: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +82,12 @@ pub struct Report {
     pub schedule: Schedule,
     #[serde(skip)]
     pub svg: String,
+    /// On several nodes: each node's attempts, evictions and useful time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<nodes::NodeTotals>,
+    /// On several nodes: how many checkpoints are complete, and how many are not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<nodes::CheckpointCounts>,
 }
 
 /// Where the uninterrupted reference run left its results.
@@ -138,8 +148,11 @@ struct Outcome {
     observed: Vec<Observed>,
     completed: bool,
     failure: Option<String>,
-    /// The output of the last attempt, whose digest line `--verify` compares.
+    /// The output of the last attempt, whose digest line `--verify` compares (on
+    /// several nodes, node 0's).
     last_stdout: PathBuf,
+    /// On several nodes: the node of each of `observed`.
+    nodes: Vec<u32>,
 }
 
 /// The simulated job as it moves from slot to slot: the schedule's cursor and what the
@@ -228,7 +241,8 @@ impl Simulation<'_> {
             ));
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let observed = Observed { attempt: 0, slot: slot.name.to_string(), spawned_at, eviction, gone_at: attempt::now() };
+        let observed =
+            Observed { attempt: 0, slot: slot.name.to_string(), spawned_at, eviction, gone_at: attempt::now(), peer_lost: false };
         Ok((observed, status, dir))
     }
 
@@ -301,9 +315,10 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         None => crate::identity::from_global_job_id(&job.global_job_id()).ok_or_else(|| anyhow::anyhow!("cannot derive a run id"))?,
     };
     // The uninterrupted reference goes first, so its duration is known.
-    let reference = match opts.verify {
-        true => Some(reference_run(&opts, &progress, &interrupted).await?),
-        false => None,
+    let reference = match (opts.verify, opts.nodes > 1) {
+        (true, false) => Some(reference_run(&opts, &progress, &interrupted).await?),
+        (true, true) => Some(nodes::reference_run(&opts, &progress, &interrupted).await?),
+        (false, _) => None,
     };
     let mut sim = Simulation {
         opts: &opts,
@@ -315,6 +330,10 @@ pub async fn simulate(opts: Options) -> anyhow::Result<Report> {
         next_event: 0,
         evictions: 0,
     };
+    if opts.nodes > 1 {
+        let mut outcome = sim.run_nodes().await?;
+        return nodes::report(opts, run, &mut outcome, reference).await;
+    }
     let mut outcome = sim.run().await?;
     report(opts, run, &mut outcome, reference).await
 }
@@ -371,5 +390,7 @@ async fn report(opts: Options, run: RunId, outcome: &mut Outcome, reference: Opt
         verify,
         schedule: opts.schedule,
         svg,
+        nodes: Vec::new(),
+        checkpoints: None,
     })
 }

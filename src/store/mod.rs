@@ -556,6 +556,16 @@ impl Store {
         self.backend.delete(&manifest_key(run, seq)).await
     }
 
+    /// Delete node `node`'s part of checkpoint `seq` (only `prune` deletes).
+    pub async fn delete_part(&self, run: &RunId, seq: u64, node: u32) -> Result<()> {
+        self.backend.delete(&part_key(run, seq, node)).await
+    }
+
+    /// Delete the rendezvous record of an old generation (only `prune` deletes).
+    pub async fn delete_rendezvous(&self, run: &RunId, generation: u64) -> Result<()> {
+        self.backend.delete(&rendezvous_key(run, generation)).await
+    }
+
     /// Checkpoint seqs of a run, ascending. Keys that are not ours are ignored, with a
     /// warning for `.json` names that are not the ten digits baton writes.
     pub async fn list_manifests(&self, run: &RunId) -> Result<Vec<u64>> {

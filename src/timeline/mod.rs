@@ -56,11 +56,18 @@ pub struct Observed {
     pub eviction: Option<(Kind, f64)>,
     /// When the attempt's process was gone (Unix seconds).
     pub gone_at: f64,
+    /// On several nodes: the attempt was not evicted but stopped because another node was
+    /// (it saved the same step, or its peer vanished): its work since the last checkpoint
+    /// is lost like an evicted attempt's, but it is no eviction of its own.
+    pub peer_lost: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRow {
     pub attempt: u64,
+    /// On several nodes (`simulate --nodes`): which node the attempt was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
     pub slot: String,
     pub device: String,
     /// Seconds since the first attempt started.
@@ -143,7 +150,8 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Poin
             || (rec.end.is_none() && obs.is_some_and(|o| o.eviction.is_some()))
             || unwarned;
         let last_save = mine.iter().map(|m| m.created).fold(train_start, f64::max);
-        let work_lost = if evicted { (stopped - last_save).max(0.0) } else { 0.0 };
+        let peer_lost = !evicted && obs.is_some_and(|o| o.peer_lost);
+        let work_lost = if evicted || peer_lost { (stopped - last_save).max(0.0) } else { 0.0 };
         // Time spent writing the checkpoints made while training is not training.
         let saving: f64 = mine.iter().filter(|m| m.created <= stopped).map(|m| m.cost).sum();
         let useful = ((stopped - train_start) - work_lost - saving).max(0.0);
@@ -151,6 +159,7 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Poin
         let ending = match (&rec.end, obs.and_then(|o| o.eviction)) {
             (_, Some((Kind::Hard, _))) => "hard-evicted".to_string(),
             (Some(e), Some((Kind::Soft, _))) if e.ending == Ending::Evicted => "evicted".to_string(),
+            (Some(_), _) if peer_lost => "peer-stopped".to_string(),
             (Some(e), _) => e.ending.to_string(),
             (None, _) if unwarned => "killed (no record)".to_string(),
             (None, _) => "lost (no record)".to_string(),
@@ -171,6 +180,7 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Poin
         last_end = last_end.max(end);
         rows.push(AttemptRow {
             attempt: s.attempt,
+            node: None,
             slot: obs.map(|o| o.slot.clone()).unwrap_or_else(|| s.host.clone()),
             device: s.device.clone(),
             start: s.started - t0,
@@ -200,6 +210,7 @@ pub fn compute(observed: &[Observed], records: &[AttemptRecords], points: &[Poin
         last_end = last_end.max(o.gone_at);
         rows.push(AttemptRow {
             attempt: 0,
+            node: None,
             slot: o.slot.clone(),
             device: String::new(),
             start: o.spawned_at - t0,
@@ -281,9 +292,23 @@ mod tests {
             AttemptRecords { start: start(3, 141.0, 1.0, Some(3)), end: Some(end(3, 160.0, Ending::Completed, None, 2.0)) },
         ];
         let observed = vec![
-            Observed { attempt: 1, slot: "t4-16gb".into(), spawned_at: 99.9, eviction: Some((Kind::Soft, 126.0)), gone_at: 128.0 },
-            Observed { attempt: 2, slot: "cpu".into(), spawned_at: 128.4, eviction: Some((Kind::Hard, 140.0)), gone_at: 140.1 },
-            Observed { attempt: 3, slot: "a100-40gb".into(), spawned_at: 140.9, eviction: None, gone_at: 160.0 },
+            Observed {
+                attempt: 1,
+                slot: "t4-16gb".into(),
+                spawned_at: 99.9,
+                eviction: Some((Kind::Soft, 126.0)),
+                gone_at: 128.0,
+                peer_lost: false,
+            },
+            Observed {
+                attempt: 2,
+                slot: "cpu".into(),
+                spawned_at: 128.4,
+                eviction: Some((Kind::Hard, 140.0)),
+                gone_at: 140.1,
+                peer_lost: false,
+            },
+            Observed { attempt: 3, slot: "a100-40gb".into(), spawned_at: 140.9, eviction: None, gone_at: 160.0, peer_lost: false },
         ];
         let manifests = vec![manifest(1, 1, 111.0, 1), manifest(2, 1, 121.0, 2), manifest(3, 2, 135.0, 3), manifest(4, 3, 159.0, 5)];
         let points: Vec<Point> = manifests.iter().map(Point::from).collect();
@@ -322,9 +347,23 @@ mod tests {
             AttemptRecords { start: start(2, 128.6, 1.0, Some(2)), end: Some(end(2, 150.0, Ending::Completed, None, 0.5)) },
         ];
         let observed = vec![
-            Observed { attempt: 1, slot: "cpu".into(), spawned_at: 99.9, eviction: Some((Kind::Soft, 126.0)), gone_at: 128.0 },
-            Observed { attempt: 0, slot: "cpu".into(), spawned_at: 128.1, eviction: Some((Kind::Hard, 128.2)), gone_at: 128.3 },
-            Observed { attempt: 2, slot: "cpu".into(), spawned_at: 128.5, eviction: None, gone_at: 150.0 },
+            Observed {
+                attempt: 1,
+                slot: "cpu".into(),
+                spawned_at: 99.9,
+                eviction: Some((Kind::Soft, 126.0)),
+                gone_at: 128.0,
+                peer_lost: false,
+            },
+            Observed {
+                attempt: 0,
+                slot: "cpu".into(),
+                spawned_at: 128.1,
+                eviction: Some((Kind::Hard, 128.2)),
+                gone_at: 128.3,
+                peer_lost: false,
+            },
+            Observed { attempt: 2, slot: "cpu".into(), spawned_at: 128.5, eviction: None, gone_at: 150.0, peer_lost: false },
         ];
         let points = vec![Point::from(&manifest(1, 1, 111.0, 1)), Point::from(&manifest(2, 2, 149.0, 3))];
         let (rows, t) = compute(&observed, &records, &points);
