@@ -181,13 +181,19 @@ struct Piece {
     _window: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// What a file's writer hands back: bytes written, their sha256, the output, and each
+/// chunk's fingerprint (`chunking::Layout`, so that the next upload of the file here
+/// recognises its unchanged chunks).
+type Written<W> = (u64, String, W, Vec<u128>);
+
 /// Write one file's chunks in order as they arrive (in any order), hashing the whole file.
 fn spawn_writer<W: Write + Send + 'static>(
     mut out: W,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Piece>,
-) -> tokio::task::JoinHandle<std::io::Result<(u64, String, W)>> {
+) -> tokio::task::JoinHandle<std::io::Result<Written<W>>> {
     tokio::task::spawn_blocking(move || {
         let mut hasher = Sha256::new();
+        let mut fingerprints = Vec::new();
         let mut written = 0u64;
         let mut next = 0usize;
         let mut early = std::collections::BTreeMap::new();
@@ -195,12 +201,13 @@ fn spawn_writer<W: Write + Send + 'static>(
             early.insert(piece.index, piece);
             while let Some(piece) = early.remove(&next) {
                 hasher.update(&piece.data);
+                fingerprints.push(chunking::fingerprint(&piece.data));
                 out.write_all(&piece.data)?;
                 written += piece.data.len() as u64;
                 next += 1;
             }
         }
-        Ok((written, hex::encode(hasher.finalize()), out))
+        Ok((written, hex::encode(hasher.finalize()), out, fingerprints))
     })
 }
 
@@ -252,7 +259,7 @@ struct Writer<W> {
     /// Chunks handed over so far: the sender is closed after the file's last one, which
     /// need not be its last chunk.
     delivered: usize,
-    handle: tokio::task::JoinHandle<std::io::Result<(u64, String, W)>>,
+    handle: tokio::task::JoinHandle<std::io::Result<Written<W>>>,
 }
 
 /// The read pipeline every reader shares (restore writes the bytes to files, verify
@@ -267,7 +274,7 @@ async fn read_files<W, O>(
     mut open: O,
     concurrency: usize,
     known: &KnownChunks,
-) -> Result<Vec<W>, RestoreError>
+) -> Result<Vec<(W, Vec<u128>)>, RestoreError>
 where
     W: Write + Send + 'static,
     O: FnMut(&FileEntry) -> Result<W, RestoreError>,
@@ -355,12 +362,12 @@ where
                 }
             }
             // No chunks (an empty file), or never reached because of an earlier failure.
-            None if first_error.is_none() => open(f).map(|out| (0, hex::encode(Sha256::digest(b"")), out)),
+            None if first_error.is_none() => open(f).map(|out| (0, hex::encode(Sha256::digest(b"")), out, Vec::new())),
             None => continue,
         };
         match result {
-            Ok((written, digest, out)) if written == f.size && digest == f.sha256 => outs.push(out),
-            Ok((written, digest, _)) => {
+            Ok((written, digest, out, fingerprints)) if written == f.size && digest == f.sha256 => outs.push((out, fingerprints)),
+            Ok((written, digest, _, _)) => {
                 first_error.get_or_insert_with(|| {
                     err(
                         f,
@@ -409,7 +416,18 @@ pub async fn check_file(store: &Store, seq: u64, f: &FileEntry, concurrency: usi
 pub async fn download(store: &Store, m: &Manifest, target: &Path, concurrency: usize, known: &KnownChunks) -> Result<(), RestoreError> {
     m.validate().map_err(|e| RestoreError::Manifest { run: m.run_id.clone(), seq: m.seq, source: e.into() })?;
     let outs = read_files(store, m.seq, &m.files, |f| create_file(m.seq, target, f), concurrency, known).await?;
-    for (f, out) in m.files.iter().zip(outs) {
+    for (f, (out, fingerprints)) in m.files.iter().zip(outs) {
+        // The first checkpoint after a restart changes in places too. Only this format's
+        // cuts are the cuts an upload here would make (`chunking::cut_for`).
+        if m.format == crate::manifest::FORMAT && fingerprints.len() == f.chunks.len() {
+            let chunks = f
+                .chunks
+                .iter()
+                .zip(fingerprints)
+                .map(|(c, fingerprint)| chunking::LaidChunk { len: c.size, hash: c.hash.clone(), fingerprint })
+                .collect();
+            known.remember_layout(&f.path, chunking::Layout { cut: chunking::cut_for(f.size), size: f.size, chunks });
+        }
         out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(|e| RestoreError::File {
             seq: m.seq,
             path: f.path.clone(),

@@ -370,3 +370,46 @@ async fn a_chunk_of_the_wrong_size_is_not_reused() {
         restore::download(&store, &m, &dir, 4, &KnownChunks::default()).await.unwrap();
     }
 }
+
+/// The layout of each file this process stored or restored is the hint of its next
+/// upload (`chunking::Chunker`): a restore leaves the same layout an upload does, an
+/// upload with it names the same chunks as one without, and the hint is really what
+/// names them (a layout with false names is believed where the fingerprints match).
+#[tokio::test]
+async fn an_upload_recognises_the_chunks_this_process_last_stored_or_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::memory();
+    let src = tmp.path().join("src");
+    checkpoint(&src, 1);
+    let uploaded = KnownChunks::default();
+    let m1 = commit(&store, tmp.path(), &src, 1, &uploaded).await;
+    let layout = uploaded.layout("model.pt").expect("an upload remembers the layout");
+    assert_eq!(layout.chunks.len(), m1.files.iter().find(|f| f.path == "model.pt").unwrap().chunks.len());
+
+    let restored = KnownChunks::default();
+    let target = tmp.path().join("restored");
+    std::fs::create_dir(&target).unwrap();
+    restore::download(&store, &m1, &target, 4, &restored).await.unwrap();
+    assert_eq!(restored.layout("model.pt"), Some(layout.clone()), "a restore leaves the layout an upload does");
+
+    // Changed in places, then uploaded with the hint and without: the same chunks.
+    let path = src.join("model.pt");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for at in [1000, 1 << 20, (2 << 20) + 77] {
+        bytes[at] ^= 0xff;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let with_hint = commit(&store, tmp.path(), &src, 2, &restored).await;
+    let without = commit(&store, tmp.path(), &src, 3, &KnownChunks::default()).await;
+    assert_eq!(with_hint.files, without.files);
+
+    // A layout that lies about the names: the unchanged chunks take them.
+    let liar = KnownChunks::default();
+    let mut lie = (*layout).clone();
+    lie.chunks.iter_mut().for_each(|c| c.hash = "0".repeat(64));
+    liar.remember_layout("model.pt", lie);
+    std::fs::write(&path, checkpoint(&tmp.path().join("again"), 1)["model.pt"].clone()).unwrap();
+    let m = commit(&store, tmp.path(), &src, 4, &liar).await;
+    let named = m.files.iter().find(|f| f.path == "model.pt").unwrap().chunks.iter().filter(|c| c.hash == "0".repeat(64)).count();
+    assert_eq!(named, layout.chunks.len(), "the hint was not used");
+}

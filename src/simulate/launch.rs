@@ -20,9 +20,10 @@ pub fn spawn_baton(
     env: &[(String, String)],
     dir: &Path,
 ) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context;
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()?;
-    let mut cmd = std::process::Command::new(exe);
+    let exe = std::env::current_exe().context("cannot find baton's own executable, which runs each attempt")?;
+    let mut cmd = std::process::Command::new(&exe);
     cmd.arg("run").args(["--store", store_url]).args(&opts.run_args).args(extra).arg("--").args(&opts.command);
     for k in [
         "BATON_RUN_ID",
@@ -38,9 +39,13 @@ pub fn spawn_baton(
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     // Its own group, so a Ctrl-C at the terminal reaches only the simulator, which decides.
     cmd.process_group(0);
-    cmd.stdout(std::fs::File::create(dir.join("stdout.log"))?);
-    cmd.stderr(std::fs::File::create(dir.join("baton.log"))?);
-    Ok(cmd.spawn()?)
+    let log = |name: &str| std::fs::File::create(dir.join(name)).with_context(|| format!("cannot create {}", dir.join(name).display()));
+    cmd.stdout(log("stdout.log")?);
+    cmd.stderr(log("baton.log")?);
+    // A baton replaced while the simulation runs (an upgrade, a rebuild) is gone from
+    // its path: say so rather than a bare "No such file or directory".
+    cmd.spawn()
+        .with_context(|| format!("cannot start {} for the next attempt (was baton replaced or removed while simulate ran?)", exe.display()))
 }
 
 /// What an evicted attempt's slot keeps: the logs and ads, for the report and for people.
