@@ -446,6 +446,58 @@ fn simulate_two_nodes_verify_catches_a_trainer_that_skips_a_step_on_restart() {
     assert!(msg.starts_with("FAIL: first differing file"), "{msg}");
 }
 
+/// `baton inspect` with no run on a store holding a two-node run (`simulate --nodes 2`,
+/// one node evicted): the overview counts the checkpoints in parts as `inspect RUN` and
+/// the simulate report do, takes its progress from the newest complete one, counts its
+/// bytes, and averages goodput over the nodes (their attempts overlap in time: summed,
+/// it came out at 171%).
+#[test]
+fn inspect_overview_counts_a_two_node_run_s_checkpoints_and_goodput_per_node() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("trace"), "2 soft\n").unwrap();
+    let out = baton()
+        .current_dir(work.path())
+        .args(["simulate", "--store", "store", "--work-dir", "sim", "--json", "--nodes", "2", "--trace", "trace", "--seed", "4"])
+        .args(["--slots", "a100-40gb,cpu", "--vacate-window", "20s", "--", "python3"])
+        .arg(fixture("nodes_trainer.py"))
+        .args(["--steps", "30", "--step-seconds", "0.1", "--commit-every", "10", "--connect-timeout", "30", "--join-timeout", "60"])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    assert!(out.status.success(), "{:?}\n{}\n{r}\n{}", out.status, text(&out.stderr), slot_logs(work.path()));
+    let store = work.path().join("store");
+    let s = store.to_str().unwrap();
+    let run = r["run_id"].as_str().unwrap();
+
+    let out = baton().args(["inspect", "--store", s, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = &v.as_array().unwrap()[0];
+    let detail = inspect(s, run);
+    let rows = detail["parts"].as_array().unwrap();
+    let complete: Vec<&serde_json::Value> = rows.iter().filter(|p| p["complete"] == true).collect();
+    assert!(o["checkpoints"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!(o["checkpoints"].as_u64().unwrap(), complete.len() as u64, "{o}\n{detail}");
+    assert_eq!(o["checkpoints"], r["checkpoints"]["complete"], "{o}\n{}", r["checkpoints"]);
+    assert_eq!(o["incomplete_checkpoints"], r["checkpoints"]["incomplete"], "{o}\n{}", r["checkpoints"]);
+    // Progress from the newest complete checkpoint, the newest seq from the listing.
+    let newest = complete.last().unwrap();
+    assert_eq!((&o["epoch"], &o["step"]), (&newest["epoch"], &newest["step"]), "{o}\n{newest}");
+    assert_eq!(o["latest_seq"], rows.last().unwrap()["seq"], "{o}");
+    assert!(o["stored_bytes"].as_u64().unwrap() > 0 && o["manifest_bytes"].as_u64().unwrap() > 0, "{o}");
+    // Every attempt with a record, every node's; simulate also counts an eviction that
+    // landed before an attempt wrote its record, which the store cannot show.
+    assert!(o["attempts"].as_u64().unwrap() >= 3, "{o}");
+    assert!(o["evictions"].as_u64().unwrap() <= r["totals"]["evictions"].as_u64().unwrap(), "{o}");
+    let goodput = o["goodput"].as_f64().unwrap();
+    assert!(goodput > 0.0 && goodput <= 1.0, "{o}");
+    assert_eq!(o["nodes"], 2, "{o}");
+    // The table says it too.
+    let out = baton().args(["inspect", "--store", s]).output().unwrap();
+    let table = text(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("NODES"), "{table}");
+}
+
 /// `--nodes` that simulate cannot run: one clear error, exit 2, nothing started.
 #[test]
 fn simulate_refuses_bad_node_counts() {
