@@ -343,6 +343,55 @@ fn a_node_waiting_for_node_0_gives_up_after_its_bound() {
     assert!(!marker.exists(), "the command ran");
 }
 
+/// A node evicted after it joined a generation but before its command started has not
+/// used that generation: node 0's command never met it and still waits, so the node's
+/// next attempt joins the same generation at once (it used to wait for a new one, and
+/// every node waited until node 0's command gave up on its peer). The evicted attempt is
+/// written into the store as baton writes one (a start record in generation 1, an end
+/// record `evicted` with `command_started: false`): a real signal between the join and
+/// the command's start is a race of milliseconds.
+#[test]
+fn a_node_evicted_before_its_command_started_rejoins_the_generation_node_0_waits_in() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let sync = tempfile::tempdir().unwrap();
+    let joined = sync.path().join("joined");
+    // Node 0's command waits up to 60 s for node 1's, as torchrun waits for its peers.
+    let wait = format!("for i in $(seq 600); do [ -e {} ] && exit 0; sleep 0.1; done; exit 1", joined.display());
+    let slot0 = tempfile::tempdir().unwrap();
+    let node0 = spawn_run(slot0.path(), s, "r", &[], &["--nodes", "2", "--node-rank", "0", "--device", "cpu"], &["sh", "-c", &wait]);
+    let attempts = store.path().join("runs/r/attempts");
+    let first = attempts.join("000001.json");
+    let start = Instant::now();
+    while !first.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    assert_eq!(record["nodes"]["generation"], 1, "{record}");
+    record["attempt"] = 2.into();
+    record["nodes"]["node"] = 1.into();
+    std::fs::write(attempts.join("000002.json"), serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    let ended = record["started"].as_f64().unwrap() + 1.0;
+    let end = serde_json::json!({"format": 1, "attempt": 2, "ended": ended, "ending": "evicted", "committed": [], "durable": [],
+        "eviction_signal": 15, "evicted_at": ended, "command_started": false});
+    std::fs::write(attempts.join("000002.end.json"), serde_json::to_vec_pretty(&end).unwrap()).unwrap();
+
+    let slot1 = tempfile::tempdir().unwrap();
+    let node1 = spawn_run(
+        slot1.path(),
+        s,
+        "r",
+        &[],
+        &["--nodes", "2", "--node-rank", "1", "--device", "cpu", "--rendezvous-timeout", "10s"],
+        &["touch", joined.to_str().unwrap()],
+    );
+    let (out1, out0) = (output_of(node1), output_of(node0));
+    let all = format!("node 0:\n{}\nnode 1:\n{}", text(&out0.stderr), text(&out1.stderr));
+    assert_eq!(out1.status.code(), Some(0), "{all}");
+    assert!(text(&out1.stderr).contains("joining rendezvous generation 1 "), "{all}");
+    assert_eq!(out0.status.code(), Some(0), "{all}");
+}
+
 /// `--nodes` needs a rank in range, and a rank needs `--nodes`.
 #[test]
 fn node_flags_are_checked() {
