@@ -106,6 +106,20 @@ pub struct EndRecord {
     pub drain_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the command was started: false when the attempt ended before it (evicted
+    /// while restoring, or the command could not be spawned). On several nodes such an
+    /// attempt has not used its rendezvous generation (`nodes::choose_generation`).
+    /// Written only when false; records without it (older versions) count as started.
+    #[serde(default = "started", skip_serializing_if = "started_again")]
+    pub command_started: bool,
+}
+
+fn started() -> bool {
+    true
+}
+
+fn started_again(b: &bool) -> bool {
+    *b
 }
 
 impl std::fmt::Display for Ending {
@@ -205,6 +219,7 @@ pub(crate) mod samples {
             flush_seconds: Some(flush),
             drain_seconds: None,
             error: None,
+            command_started: true,
         }
     }
 }

@@ -58,17 +58,36 @@ pub struct Rendezvous {
     pub writer: String,
 }
 
-/// Generations an attempt of the run used, from the start records: (node, generation,
-/// whether that attempt has ended).
-pub type Used = Vec<(u32, u64, bool)>;
+/// One attempt's use of a generation, from its start and end records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    pub node: u32,
+    pub generation: u64,
+    /// The attempt has an end record.
+    pub ended: bool,
+    /// The attempt started its command (unknown, without an end record: taken as yes).
+    pub command_started: bool,
+}
+
+/// Generations the attempts of the run used.
+pub type Used = Vec<Use>;
 
 /// The generation a node `me` may join: the newest listed, unless one of `me`'s own
-/// attempts already used it or a newer one (it would be a stale address, left by a node
-/// 0 that has since restarted or is about to), or node 0's attempt that published it has
-/// ended. None: wait for node 0 to publish a new one.
-pub fn choose_generation(listed: &[u64], used: &[(u32, u64, bool)], me: u32) -> Option<u64> {
+/// attempts already ran its command in it or a newer one (it would be a stale address,
+/// left by a node 0 that has since restarted or is about to), or node 0's attempt that
+/// published it has ended. None: wait for node 0 to publish a new one.
+///
+/// An attempt of `me` that joined a generation but ended before starting its command
+/// (evicted while restoring) does not make it stale: the other nodes' commands never met
+/// it and are still waiting for this node, so its next attempt joins them there. Waiting
+/// for a new generation instead would hold every node until their commands gave up on
+/// the missing peer (torchrun's join timeout). If node 0's command has given up, node 0's
+/// attempt ends, and that makes the generation stale by the second rule.
+pub fn choose_generation(listed: &[u64], used: &[Use], me: u32) -> Option<u64> {
     let newest = *listed.iter().max()?;
-    let stale = used.iter().any(|&(node, g, ended)| (node == me && g >= newest) || (node == 0 && g == newest && ended));
+    let stale = used
+        .iter()
+        .any(|u| (u.node == me && u.generation >= newest && u.command_started) || (u.node == 0 && u.generation == newest && u.ended));
     (!stale).then_some(newest)
 }
 
@@ -83,8 +102,9 @@ pub async fn next_seq(store: &Store, run: &RunId) -> anyhow::Result<u64> {
 pub async fn used_generations(store: &Store, run: &RunId) -> anyhow::Result<Used> {
     let mut used = Vec::new();
     for r in attempt::load_all(store, run).await? {
-        if let Some((n, g)) = r.start.as_ref().and_then(|s| s.nodes.as_ref()).and_then(|n| Some((n.node, n.generation?))) {
-            used.push((n, g, r.end.is_some()));
+        if let Some((node, generation)) = r.start.as_ref().and_then(|s| s.nodes.as_ref()).and_then(|n| Some((n.node, n.generation?))) {
+            let command_started = r.end.as_ref().is_none_or(|e| e.command_started);
+            used.push(Use { node, generation, ended: r.end.is_some(), command_started });
         }
     }
     Ok(used)
@@ -115,7 +135,7 @@ pub async fn look(store: &Store, run: &RunId, topo: Topology) -> anyhow::Result<
     let Some(g) = choose_generation(&listed, &used, topo.node) else {
         let newest = listed.last().copied().unwrap_or(0);
         return Ok(Err(format!(
-            "the newest generation, {newest}, is stale (used by an earlier attempt of this node, or its node 0 has ended)"
+            "the newest generation, {newest}, is stale (an earlier attempt of this node ran its command in it, or its node 0 has ended)"
         )));
     };
     let bytes = match store.get_rendezvous(run, g).await {
@@ -468,16 +488,41 @@ mod tests {
         assert!(complete(7, &parts).unwrap_err().contains("__0_0.distcp"));
     }
 
+    /// An attempt of `node` in `generation` that started its command.
+    fn ran(node: u32, generation: u64, ended: bool) -> Use {
+        Use { node, generation, ended, command_started: true }
+    }
+
     #[test]
     fn a_node_joins_only_a_generation_it_has_not_used_and_whose_node_0_lives() {
         assert_eq!(choose_generation(&[], &[], 1), None);
         assert_eq!(choose_generation(&[1, 2, 3], &[], 1), Some(3));
         // Node 1 used generation 3 already: it waits for node 0's next start.
-        assert_eq!(choose_generation(&[1, 2, 3], &[(0, 3, false), (1, 3, true)], 1), None);
-        assert_eq!(choose_generation(&[1, 2, 3, 4], &[(0, 3, true), (1, 3, true), (0, 4, false)], 1), Some(4));
+        assert_eq!(choose_generation(&[1, 2, 3], &[ran(0, 3, false), ran(1, 3, true)], 1), None);
+        assert_eq!(choose_generation(&[1, 2, 3, 4], &[ran(0, 3, true), ran(1, 3, true), ran(0, 4, false)], 1), Some(4));
         // Node 0's attempt of generation 4 has ended: its address is dead.
-        assert_eq!(choose_generation(&[4], &[(0, 4, true)], 1), None);
+        assert_eq!(choose_generation(&[4], &[ran(0, 4, true)], 1), None);
         // Another node's use says nothing about this node's.
-        assert_eq!(choose_generation(&[4], &[(2, 4, true)], 1), Some(4));
+        assert_eq!(choose_generation(&[4], &[ran(2, 4, true)], 1), Some(4));
+    }
+
+    #[test]
+    fn an_attempt_evicted_before_its_command_started_has_not_used_its_generation() {
+        let never = Use { node: 1, generation: 3, ended: true, command_started: false };
+        // Node 0's command of generation 3 still waits for node 1: node 1 joins it again.
+        assert_eq!(choose_generation(&[1, 2, 3], &[ran(0, 3, false), never], 1), Some(3));
+        // Node 0's attempt has ended meanwhile: its address is dead all the same.
+        assert_eq!(choose_generation(&[3], &[ran(0, 3, true), never], 1), None);
+        // Another attempt of node 1 did run its command in generation 3: stale.
+        assert_eq!(choose_generation(&[3], &[ran(0, 3, false), never, ran(1, 3, true)], 1), None);
+        // A record without the field is of an attempt that started its command.
+        let old: crate::attempt::EndRecord =
+            serde_json::from_str(r#"{"format":1,"attempt":2,"ended":1.0,"ending":"evicted","committed":[],"durable":[]}"#).unwrap();
+        assert!(old.command_started);
+        let mut e = old.clone();
+        e.command_started = false;
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["command_started"], false);
+        assert!(serde_json::to_value(&old).unwrap().get("command_started").is_none());
     }
 }

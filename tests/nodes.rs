@@ -343,6 +343,55 @@ fn a_node_waiting_for_node_0_gives_up_after_its_bound() {
     assert!(!marker.exists(), "the command ran");
 }
 
+/// A node evicted after it joined a generation but before its command started has not
+/// used that generation: node 0's command never met it and still waits, so the node's
+/// next attempt joins the same generation at once (it used to wait for a new one, and
+/// every node waited until node 0's command gave up on its peer). The evicted attempt is
+/// written into the store as baton writes one (a start record in generation 1, an end
+/// record `evicted` with `command_started: false`): a real signal between the join and
+/// the command's start is a race of milliseconds.
+#[test]
+fn a_node_evicted_before_its_command_started_rejoins_the_generation_node_0_waits_in() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let sync = tempfile::tempdir().unwrap();
+    let joined = sync.path().join("joined");
+    // Node 0's command waits up to 60 s for node 1's, as torchrun waits for its peers.
+    let wait = format!("for i in $(seq 600); do [ -e {} ] && exit 0; sleep 0.1; done; exit 1", joined.display());
+    let slot0 = tempfile::tempdir().unwrap();
+    let node0 = spawn_run(slot0.path(), s, "r", &[], &["--nodes", "2", "--node-rank", "0", "--device", "cpu"], &["sh", "-c", &wait]);
+    let attempts = store.path().join("runs/r/attempts");
+    let first = attempts.join("000001.json");
+    let start = Instant::now();
+    while !first.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    assert_eq!(record["nodes"]["generation"], 1, "{record}");
+    record["attempt"] = 2.into();
+    record["nodes"]["node"] = 1.into();
+    std::fs::write(attempts.join("000002.json"), serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    let ended = record["started"].as_f64().unwrap() + 1.0;
+    let end = serde_json::json!({"format": 1, "attempt": 2, "ended": ended, "ending": "evicted", "committed": [], "durable": [],
+        "eviction_signal": 15, "evicted_at": ended, "command_started": false});
+    std::fs::write(attempts.join("000002.end.json"), serde_json::to_vec_pretty(&end).unwrap()).unwrap();
+
+    let slot1 = tempfile::tempdir().unwrap();
+    let node1 = spawn_run(
+        slot1.path(),
+        s,
+        "r",
+        &[],
+        &["--nodes", "2", "--node-rank", "1", "--device", "cpu", "--rendezvous-timeout", "10s"],
+        &["touch", joined.to_str().unwrap()],
+    );
+    let (out1, out0) = (output_of(node1), output_of(node0));
+    let all = format!("node 0:\n{}\nnode 1:\n{}", text(&out0.stderr), text(&out1.stderr));
+    assert_eq!(out1.status.code(), Some(0), "{all}");
+    assert!(text(&out1.stderr).contains("joining rendezvous generation 1 "), "{all}");
+    assert_eq!(out0.status.code(), Some(0), "{all}");
+}
+
 /// `--nodes` needs a rank in range, and a rank needs `--nodes`.
 #[test]
 fn node_flags_are_checked() {
@@ -444,6 +493,58 @@ fn simulate_two_nodes_verify_catches_a_trainer_that_skips_a_step_on_restart() {
     assert_eq!(out.status.code(), Some(71), "{}\n{r}\n{}", text(&out.stderr), slot_logs(work.path()));
     let msg = r["verify"]["message"].as_str().unwrap();
     assert!(msg.starts_with("FAIL: first differing file"), "{msg}");
+}
+
+/// `baton inspect` with no run on a store holding a two-node run (`simulate --nodes 2`,
+/// one node evicted): the overview counts the checkpoints in parts as `inspect RUN` and
+/// the simulate report do, takes its progress from the newest complete one, counts its
+/// bytes, and averages goodput over the nodes (their attempts overlap in time: summed,
+/// it came out at 171%).
+#[test]
+fn inspect_overview_counts_a_two_node_run_s_checkpoints_and_goodput_per_node() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("trace"), "2 soft\n").unwrap();
+    let out = baton()
+        .current_dir(work.path())
+        .args(["simulate", "--store", "store", "--work-dir", "sim", "--json", "--nodes", "2", "--trace", "trace", "--seed", "4"])
+        .args(["--slots", "a100-40gb,cpu", "--vacate-window", "20s", "--", "python3"])
+        .arg(fixture("nodes_trainer.py"))
+        .args(["--steps", "30", "--step-seconds", "0.1", "--commit-every", "10", "--connect-timeout", "30", "--join-timeout", "60"])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    assert!(out.status.success(), "{:?}\n{}\n{r}\n{}", out.status, text(&out.stderr), slot_logs(work.path()));
+    let store = work.path().join("store");
+    let s = store.to_str().unwrap();
+    let run = r["run_id"].as_str().unwrap();
+
+    let out = baton().args(["inspect", "--store", s, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = &v.as_array().unwrap()[0];
+    let detail = inspect(s, run);
+    let rows = detail["parts"].as_array().unwrap();
+    let complete: Vec<&serde_json::Value> = rows.iter().filter(|p| p["complete"] == true).collect();
+    assert!(o["checkpoints"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!(o["checkpoints"].as_u64().unwrap(), complete.len() as u64, "{o}\n{detail}");
+    assert_eq!(o["checkpoints"], r["checkpoints"]["complete"], "{o}\n{}", r["checkpoints"]);
+    assert_eq!(o["incomplete_checkpoints"], r["checkpoints"]["incomplete"], "{o}\n{}", r["checkpoints"]);
+    // Progress from the newest complete checkpoint, the newest seq from the listing.
+    let newest = complete.last().unwrap();
+    assert_eq!((&o["epoch"], &o["step"]), (&newest["epoch"], &newest["step"]), "{o}\n{newest}");
+    assert_eq!(o["latest_seq"], rows.last().unwrap()["seq"], "{o}");
+    assert!(o["stored_bytes"].as_u64().unwrap() > 0 && o["manifest_bytes"].as_u64().unwrap() > 0, "{o}");
+    // Every attempt with a record, every node's; simulate also counts an eviction that
+    // landed before an attempt wrote its record, which the store cannot show.
+    assert!(o["attempts"].as_u64().unwrap() >= 3, "{o}");
+    assert!(o["evictions"].as_u64().unwrap() <= r["totals"]["evictions"].as_u64().unwrap(), "{o}");
+    let goodput = o["goodput"].as_f64().unwrap();
+    assert!(goodput > 0.0 && goodput <= 1.0, "{o}");
+    assert_eq!(o["nodes"], 2, "{o}");
+    // The table says it too.
+    let out = baton().args(["inspect", "--store", s]).output().unwrap();
+    let table = text(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("NODES"), "{table}");
 }
 
 /// `--nodes` that simulate cannot run: one clear error, exit 2, nothing started.

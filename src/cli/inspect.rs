@@ -88,12 +88,12 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
         println!("no runs in {}", store.url());
     } else {
         println!(
-            "{:<40} {:>11} {:>6} {:>5} {:>7} {:>8} {:>9} {:>7} {:>8} {:>8}  DEVICES",
-            "RUN", "CHECKPOINTS", "LATEST", "EPOCH", "STEP", "ATTEMPTS", "EVICTIONS", "GOODPUT", "STORED", "SHARED"
+            "{:<40} {:>11} {:>6} {:>5} {:>7} {:>5} {:>8} {:>9} {:>7} {:>8} {:>8}  DEVICES",
+            "RUN", "CHECKPOINTS", "LATEST", "EPOCH", "STEP", "NODES", "ATTEMPTS", "EVICTIONS", "GOODPUT", "STORED", "SHARED"
         );
         for r in &out {
             println!(
-                "{:<40} {:>11} {:>6} {:>5} {:>7} {:>8} {:>9} {:>7} {:>8} {:>8}  {}",
+                "{:<40} {:>11} {:>6} {:>5} {:>7} {:>5} {:>8} {:>9} {:>7} {:>8} {:>8}  {}",
                 r.run_id,
                 r.checkpoints,
                 opt(r.latest_seq),
@@ -102,6 +102,7 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
                     (e, _) => opt(e),
                 },
                 opt(r.step),
+                r.nodes,
                 r.attempts,
                 r.evictions,
                 r.goodput.map(|g| format!("{:.1}%", g * 100.0)).unwrap_or_else(|| "-".into()),
@@ -111,6 +112,12 @@ async fn list_runs(store: &Store, json: bool) -> anyhow::Result<i32> {
             );
             if let Some(e) = &r.latest_error {
                 println!("{:<40} DAMAGED: {e}", "");
+            }
+            if r.incomplete_checkpoints > 0 {
+                println!(
+                    "{:<40} INCOMPLETE: {} checkpoint(s) in parts miss a node's part or fail the check (`baton inspect {}` lists them)",
+                    "", r.incomplete_checkpoints, r.run_id
+                );
             }
         }
     }

@@ -283,6 +283,17 @@ pub struct RunObjects {
     pub manifests: Vec<ManifestListing>,
     /// Attempt number to whether it has an end record.
     pub attempts: std::collections::BTreeMap<u64, bool>,
+    /// Checkpoints of runs on several nodes: seq to the parts listed, by node ascending.
+    pub parts: std::collections::BTreeMap<u64, Vec<PartListing>>,
+}
+
+/// One node's part of a checkpoint, as the listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartListing {
+    pub node: u32,
+    pub size: u64,
+    /// Seconds since the epoch, as the store says (whole seconds; 0 when it does not say).
+    pub modified: i64,
 }
 
 /// Settings that are not part of the URL.
@@ -630,9 +641,10 @@ impl Store {
         self.backend.get(&attempt_key(run, n, end), MAX_RECORD_BYTES).await
     }
 
-    /// Every run's manifests and attempt records from one listing of `runs/` (paginated
-    /// by the backend): enough to count checkpoints and attempts, and to know the newest
-    /// manifest and each manifest's size and time, without reading any of them.
+    /// Every run's manifests, checkpoint parts and attempt records from one listing of
+    /// `runs/` (paginated by the backend): enough to count checkpoints and attempts, and to
+    /// know the newest manifest and each manifest's size and time, without reading any of
+    /// them.
     pub async fn list_run_objects(&self) -> Result<std::collections::BTreeMap<RunId, RunObjects>> {
         let mut runs: std::collections::BTreeMap<RunId, RunObjects> = Default::default();
         for o in self.backend.list("runs/").await? {
@@ -656,11 +668,20 @@ impl Store {
                     }
                     None => {}
                 },
+                "parts" => {
+                    if let Some((seq, node)) = part_of_name(file) {
+                        entry.parts.entry(seq).or_default().push(PartListing { node, size: o.size, modified: o.modified });
+                    }
+                }
                 _ => {}
             }
         }
         for r in runs.values_mut() {
             r.manifests.sort_by_key(|m| m.seq);
+            for parts in r.parts.values_mut() {
+                parts.sort_by_key(|p| p.node);
+                parts.dedup_by_key(|p| p.node);
+            }
         }
         Ok(runs)
     }

@@ -91,6 +91,8 @@ impl Supervisor {
             flush_seconds: timing.map(|t| t.flush_seconds),
             drain_seconds: timing.and_then(|t| t.drain_seconds),
             error,
+            // The command's pid is 0 until it is spawned.
+            command_started: self.child.as_raw() != 0,
         };
         write_end(&self.cfg, &record, deadlines::record_budget(self.exit_deadline(), Instant::now())).await;
     }
