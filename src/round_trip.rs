@@ -413,3 +413,40 @@ async fn an_upload_recognises_the_chunks_this_process_last_stored_or_restored() 
     let named = m.files.iter().find(|f| f.path == "model.pt").unwrap().chunks.iter().filter(|c| c.hash == "0".repeat(64)).count();
     assert_eq!(named, layout.chunks.len(), "the hint was not used");
 }
+
+/// Node 1's part of one checkpoint number, written by attempts of two rendezvous
+/// generations (the old generation's node commits once more after the new generation
+/// chose its first seq): not a conflict between live writers, so the later attempt goes
+/// on, and the checkpoint stays incomplete. Two attempts of one generation do conflict.
+#[tokio::test]
+async fn a_part_already_written_by_another_generation_is_not_a_conflict() {
+    use crate::error::{Classify, ErrorKind};
+    use crate::manifest::Part;
+    let (_, store) = memory_store();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("ckpt");
+    checkpoint(&src, 3);
+    let part = |generation| Some(Part { node: 1, nodes: 2, generation });
+    let try_commit = async |number: u64, writer: &str, part: Option<Part>| {
+        let snap = capture::snapshot(&src, &tmp.path().join(format!("stage-{number}")), Hold::Copy).unwrap();
+        let a = Attempt { number, writer: writer.into(), part, ..attempt() };
+        let info = CommitInfo { seq: 3, reason: Reason::Commit, epoch: Some(3), step: None, meta: BTreeMap::new(), created: 1.7e9 };
+        let r = upload::upload(&store, &a, &info, &snap, &Settings::default(), &KnownChunks::default()).await;
+        snap.discard();
+        r
+    };
+    try_commit(4, "old generation", part(2)).await.unwrap();
+
+    let e = try_commit(6, "new generation", part(3)).await.unwrap_err();
+    let conflict = e.chain().any(|c| c.downcast_ref::<StoreError>().is_some_and(|s| s.kind() == ErrorKind::Conflict));
+    assert!(!conflict, "a part of another generation stopped the attempt: {e:#}");
+    assert!(format!("{e:#}").contains("generation 2 (this attempt is in generation 3)"), "{e:#}");
+
+    let e = try_commit(5, "a zombie of the old generation", part(2)).await.unwrap_err();
+    let conflict = e.chain().any(|c| c.downcast_ref::<StoreError>().is_some_and(|s| s.kind() == ErrorKind::Conflict));
+    assert!(conflict, "two attempts of node 1 in one generation must conflict: {e:#}");
+
+    let parts = crate::nodes::read_parts(&store, &run(), 3, &[1]).await.unwrap();
+    let m = parts[&1].as_ref().unwrap();
+    assert_eq!((m.attempt, m.part.unwrap().generation), (4, 2), "the old generation's part is left as it was");
+}

@@ -18,7 +18,7 @@ use crate::chunking::Plausible;
 use crate::error::{Classify, ErrorKind};
 use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
 use crate::restore;
-use crate::store::{Damaged, KnownChunks, PutOutcome, Store};
+use crate::store::{Damaged, KnownChunks, PutOutcome, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -368,8 +368,36 @@ async fn publish(store: &Store, attempt: &Attempt, info: &CommitInfo, files: Vec
         part: attempt.part,
     };
     manifest.validate()?;
-    store.put_checkpoint(&attempt.run, info.seq, attempt.part.map(|p| p.node), manifest.to_bytes().into()).await?;
-    Ok(manifest)
+    let node = attempt.part.map(|p| p.node);
+    match store.put_checkpoint(&attempt.run, info.seq, node, manifest.to_bytes().into()).await {
+        Ok(()) => Ok(manifest),
+        Err(e) => match (attempt.part, e.kind()) {
+            (Some(mine), ErrorKind::Conflict) => Err(part_taken(store, attempt, info.seq, mine, e).await),
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// This node's part of `seq` is already written. By another attempt of this node in
+/// this rendezvous generation: a true conflict (two live writers of one node), which
+/// stops the attempt. By an attempt of another generation: that is the run's other
+/// generation still finishing (a node of the old one commits once more after its peer
+/// was evicted and the new one chose its first seq, or the other way round). Parts of
+/// two generations never make a complete checkpoint, so this one stays incomplete and
+/// the next completes; the attempt goes on.
+async fn part_taken(store: &Store, attempt: &Attempt, seq: u64, mine: crate::manifest::Part, e: StoreError) -> anyhow::Error {
+    let there = store.get_checkpoint_bytes(&attempt.run, seq, Some(mine.node)).await.ok();
+    let theirs = there.and_then(|b| Manifest::from_store_at(&b, &attempt.run.to_string(), seq, Some(mine.node)).ok()).and_then(|m| m.part);
+    match theirs {
+        Some(p) if p.generation != mine.generation => anyhow::anyhow!(
+            "node {}'s part of checkpoint {seq} was already written in rendezvous generation {} (this attempt is in generation {}): \
+             an attempt of the other generation committed it while the generations changed over; checkpoint {seq} stays incomplete and the next one completes",
+            mine.node,
+            p.generation,
+            mine.generation
+        ),
+        _ => e.into(),
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
