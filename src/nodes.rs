@@ -243,18 +243,19 @@ pub fn complete(seq: u64, parts: &BTreeMap<u32, PartRead>) -> Result<Manifest, S
     Ok(whole)
 }
 
-/// Read the parts listed for `seq`. `Err` only when the store cannot be asked.
-pub async fn read_parts(store: &Store, run: &RunId, seq: u64, listed: &[u32]) -> anyhow::Result<BTreeMap<u32, PartRead>> {
-    let mut parts = BTreeMap::new();
-    for &node in listed {
+/// Read the parts listed for `seq`, all at once. `Err` only when the store cannot be
+/// asked; a part that cannot be used (damaged, not a part) is its node's `PartRead` error.
+pub async fn read_parts(store: &Store, run: &RunId, seq: u64, listed: &[u32]) -> crate::store::Result<BTreeMap<u32, PartRead>> {
+    let reads = futures::future::join_all(listed.iter().map(|&node| async move {
         let read = match store.get_checkpoint_bytes(run, seq, Some(node)).await {
             Ok(bytes) => Manifest::from_store_at(&bytes, run.as_str(), seq, Some(node)).map_err(|e| e.to_string()),
             Err(e) if e.kind() == ErrorKind::Integrity => Err(e.to_string()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
-        parts.insert(node, read);
-    }
-    Ok(parts)
+        Ok((node, read))
+    }))
+    .await;
+    reads.into_iter().collect()
 }
 
 /// Checkpoint `seq` of a run, whole (a single-node manifest) or from its parts, as one
@@ -264,7 +265,7 @@ pub async fn load_checkpoint(store: &Store, run: &RunId, seq: u64, listed_parts:
         None => load_manifest(store, run, seq).await,
         Some(listed) => {
             let wrap = |source: anyhow::Error| RestoreError::Manifest { run: run.to_string(), seq, source };
-            let parts = read_parts(store, run, seq, listed).await.map_err(wrap)?;
+            let parts = read_parts(store, run, seq, listed).await.map_err(|e| wrap(e.into()))?;
             complete(seq, &parts).map_err(|e| wrap(anyhow::Error::msg(e)))
         }
     }

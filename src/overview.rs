@@ -20,7 +20,7 @@ use crate::attempt::{EndRecord, StartRecord};
 use crate::error::{Classify, ErrorKind};
 use crate::identity::RunId;
 use crate::manifest::Manifest;
-use crate::nodes::{self, PartRead};
+use crate::nodes;
 use crate::store::{PartListing, RunObjects, Store, StoreError};
 use crate::timeline::{self, AttemptRecords, Point};
 
@@ -82,6 +82,8 @@ pub struct Cost {
 struct Fetched {
     run: RunId,
     listing: RunObjects,
+    /// Checkpoints in parts, by seq: whether the listing holds every node's part.
+    complete: BTreeMap<u64, bool>,
     /// The newest checkpoint that reads, whole or (several nodes) its parts combined.
     newest: Option<Manifest>,
     /// When `newest` is in parts: each node's part, for that node's timeline.
@@ -137,9 +139,9 @@ enum Candidate {
 
 /// Checkpoints in parts whose listing is complete, by seq; those listed both whole and in
 /// parts are taken whole, as a restore takes them.
-fn complete_by_listing(f_listing: &RunObjects, records: &[AttemptRecords], ends: &[EndRecord]) -> BTreeMap<u64, bool> {
-    let whole: BTreeSet<u64> = f_listing.manifests.iter().map(|m| m.seq).collect();
-    f_listing
+fn complete_by_listing(listing: &RunObjects, records: &[AttemptRecords], ends: &[EndRecord]) -> BTreeMap<u64, bool> {
+    let whole: BTreeSet<u64> = listing.manifests.iter().map(|m| m.seq).collect();
+    listing
         .parts
         .iter()
         .filter(|(seq, _)| !whole.contains(seq))
@@ -148,14 +150,6 @@ fn complete_by_listing(f_listing: &RunObjects, records: &[AttemptRecords], ends:
             (seq, listed_complete(parts, expected_nodes(records, ends, seq, written)))
         })
         .collect()
-}
-
-async fn read_part(store: &Store, run: &RunId, seq: u64, node: u32) -> crate::store::Result<PartRead> {
-    match store.get_checkpoint_bytes(run, seq, Some(node)).await {
-        Ok(bytes) => Ok(Manifest::from_store_at(&bytes, run.as_str(), seq, Some(node)).map_err(|e| e.to_string())),
-        Err(e) if tolerable(&e) => Ok(Err(e.to_string())),
-        Err(e) => Err(e),
-    }
 }
 
 async fn fetch(store: &Store, run: RunId, listing: RunObjects) -> crate::store::Result<Fetched> {
@@ -190,8 +184,9 @@ async fn fetch(store: &Store, run: RunId, listing: RunObjects) -> crate::store::
         }
     }
     let mut candidates: BTreeMap<u64, Candidate> = listing.manifests.iter().map(|m| (m.seq, Candidate::Whole(m.seq))).collect();
-    for (seq, complete) in complete_by_listing(&listing, &records, &ends) {
-        if complete {
+    let complete = complete_by_listing(&listing, &records, &ends);
+    for (&seq, &whole) in &complete {
+        if whole {
             candidates.insert(seq, Candidate::Parts(seq, listing.parts[&seq].iter().map(|p| p.node).collect()));
         }
     }
@@ -215,11 +210,7 @@ async fn fetch(store: &Store, run: RunId, listing: RunObjects) -> crate::store::
             }
             Candidate::Parts(seq, listed) => {
                 reads += listed.len();
-                let read = futures::future::join_all(listed.iter().map(|&node| read_part(store, &run, *seq, node))).await;
-                let mut parts: BTreeMap<u32, PartRead> = BTreeMap::new();
-                for (&node, r) in listed.iter().zip(read) {
-                    parts.insert(node, r?);
-                }
+                let parts = nodes::read_parts(store, &run, *seq, listed).await?;
                 match nodes::complete(*seq, &parts) {
                     Ok(whole) => {
                         newest = Some(whole);
@@ -234,7 +225,7 @@ async fn fetch(store: &Store, run: RunId, listing: RunObjects) -> crate::store::
             }
         }
     }
-    Ok(Fetched { run, listing, newest, newest_parts, newest_error, unusable, records, ends, reads })
+    Ok(Fetched { run, listing, complete, newest, newest_parts, newest_error, unusable, records, ends, reads })
 }
 
 /// The checkpoints of node `node`'s timeline as points: whole manifests (single-node
@@ -242,7 +233,7 @@ async fn fetch(store: &Store, run: RunId, listing: RunObjects) -> crate::store::
 /// (work counts as saved only by a checkpoint that can be restored). The newest from
 /// what was read, the others from the listing, each given to the node's attempt whose
 /// end record lists it, else to the node's last attempt that had started by then.
-fn points(f: &Fetched, complete: &BTreeMap<u64, bool>, node: u32) -> Vec<Point> {
+fn points(f: &Fetched, node: u32) -> Vec<Point> {
     let mine: Vec<&AttemptRecords> = f.records.iter().filter(|r| node_of(&r.start) == node).collect();
     // Another node's end record lists the same seqs (its parts): not this node's. An end
     // record without a start record stays, as it always has for a single-node run.
@@ -262,7 +253,7 @@ fn points(f: &Fetched, complete: &BTreeMap<u64, bool>, node: u32) -> Vec<Point> 
         Some(n) if n.seq == m.seq && f.newest_parts.is_empty() => Point::from(n),
         _ => from_listing(m.seq, m.modified),
     });
-    let parts = f.listing.parts.iter().filter(|(seq, _)| complete.get(seq).copied().unwrap_or(false)).filter_map(|(&seq, parts)| {
+    let parts = f.listing.parts.iter().filter(|(seq, _)| f.complete.get(seq).copied().unwrap_or(false)).filter_map(|(&seq, parts)| {
         let p = parts.iter().find(|p| p.node == node)?;
         Some(match (&f.newest, f.newest_parts.get(&node)) {
             (Some(n), Some(part)) if n.seq == seq => Point::from(part),
@@ -325,7 +316,6 @@ pub async fn overview(store: &Store) -> crate::store::Result<(Vec<RunSummary>, C
     }
     let mut out = Vec::new();
     for (f, set) in fetched.iter().zip(&chunk_sets) {
-        let complete = complete_by_listing(&f.listing, &f.records, &f.ends);
         let node_count = f.records.iter().filter_map(|r| r.start.nodes.as_ref().map(|n| n.nodes)).max().unwrap_or(1).max(1);
         // One timeline per node that has attempts, as `simulate --nodes` builds them.
         let node_ids: BTreeSet<u32> = f.records.iter().map(|r| node_of(&r.start)).chain([0]).collect();
@@ -339,12 +329,12 @@ pub async fn overview(store: &Store) -> crate::store::Result<(Vec<RunSummary>, C
                     .map(|r| AttemptRecords { start: r.start.clone(), end: r.end.clone() })
                     .collect();
                 let t0 = recs.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);
-                let (rows, totals) = timeline::compute(&[], &recs, &points(f, &complete, node));
+                let (rows, totals) = timeline::compute(&[], &recs, &points(f, node));
                 (rows, totals, t0)
             })
             .collect();
         let (goodput, evictions) = goodput_of(node_count, &timelines);
-        let incomplete = complete.values().filter(|&&c| !c).count() + f.unusable;
+        let incomplete = f.complete.values().filter(|&&c| !c).count() + f.unusable;
         let mut devices: Vec<String> = Vec::new();
         for r in &f.records {
             if !devices.contains(&r.start.device) {
@@ -354,7 +344,7 @@ pub async fn overview(store: &Store) -> crate::store::Result<(Vec<RunSummary>, C
         let size = |h: &&str| chunks.get(*h).copied().unwrap_or(0);
         out.push(RunSummary {
             run_id: f.run.to_string(),
-            checkpoints: f.listing.manifests.len() + complete.values().filter(|&&c| c).count() - f.unusable,
+            checkpoints: f.listing.manifests.len() + f.complete.values().filter(|&&c| c).count() - f.unusable,
             incomplete_checkpoints: incomplete,
             nodes: node_count,
             latest_seq: f.listing.manifests.iter().map(|m| m.seq).chain(f.listing.parts.keys().copied()).max(),
