@@ -310,6 +310,14 @@ mod tests {
         assert_eq!(Manifest::from_store(&m.to_bytes(), "r", 1).unwrap(), m);
     }
 
+    /// Times are f64 seconds: one that serde_json's default float parser reads back one
+    /// ulp off (about 12% of Unix timestamps are) must come back exactly.
+    #[test]
+    fn a_time_reads_back_exactly_as_written() {
+        let m = Manifest { created: 1764556083.0003703, ..sample() };
+        assert_eq!(Manifest::from_store(&m.to_bytes(), "r", 1).unwrap().created.to_bits(), m.created.to_bits());
+    }
+
     #[test]
     fn refuses_hostile_entries() {
         for (path, size) in [("/etc/passwd", 3), ("../x", 3), ("a/../../x", 3), ("a//b", 3), ("a/b.pt", 4), ("./a", 3)] {
