@@ -250,6 +250,13 @@ impl<R: std::io::Read> Chunker<R> {
     }
 }
 
+impl<R> Chunker<R> {
+    /// Every byte of the file has been handed out: the next call answers `None`.
+    pub fn at_end(&self) -> bool {
+        self.eof && self.buf.is_empty()
+    }
+}
+
 impl<R: std::io::Read> Iterator for Chunker<R> {
     type Item = std::io::Result<Cutting>;
 

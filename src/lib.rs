@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod nodes;
 pub mod overview;
 pub mod pelican;
+pub mod priority;
 pub mod process;
 pub mod procfs;
 pub mod prune;

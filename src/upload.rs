@@ -1,6 +1,6 @@
 //! Upload: turn a captured snapshot into chunks in the store, then write the manifest.
 //!
-//! One reader thread per file cuts chunks and hashes the whole file as it goes; up to
+//! One reader per file cuts chunks and hashes the whole file as it goes; up to
 //! `concurrency` chunks of a file are hashed, checked, compressed and sent at once, in a
 //! window that keeps their order, and a few files go at once. Memory is bounded by
 //! [`WINDOW_BYTES`] of chunks read and not yet sent, never by the file or chunk sizes.
@@ -17,6 +17,7 @@ use crate::chunking;
 use crate::chunking::Plausible;
 use crate::error::{Classify, ErrorKind};
 use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
+use crate::priority;
 use crate::restore;
 use crate::store::{Damaged, KnownChunks, PutOutcome, Store, StoreError};
 
@@ -63,7 +64,7 @@ async fn put_one(
     let (data, hash) = match hash {
         Some(hash) => (data, hash),
         None => {
-            tokio::task::spawn_blocking(move || {
+            priority::run(move || {
                 let hash = chunking::sha256_hex(&data);
                 (data, hash)
             })
@@ -108,7 +109,7 @@ async fn put_one(
             Err(e) => return Err(e.into()),
         }
     }
-    let encoded = tokio::task::spawn_blocking(move || chunking::encode(data, level)).await??;
+    let encoded = priority::run(move || chunking::encode(data, level)).await??;
     let stored = encoded.len() as u64;
     let new = match damaged {
         true => {
@@ -133,17 +134,18 @@ async fn put_one(
 
 /// Bytes of chunks read and not yet stored, over all the files of an upload.
 pub const WINDOW_BYTES: u64 = 32 << 20;
-/// Files uploaded at once: each has its own reader thread (cut and file hash), so a
+/// Files uploaded at once: each has its own reader (cut and file hash), so a
 /// checkpoint of weights and optimizer state keeps both cores busy, and the window
 /// does not drain at each file's end.
 const FILES_AT_ONCE: usize = 3;
 const UNIT: u64 = 64 << 10;
 
-/// Files at least this large have their sha256 taken on a thread of their own, beside
-/// the reader's cutting: on the eviction flush of a checkpoint that changed in places
-/// the file hash is most of the work, and the other core would otherwise idle.
+/// Files at least this large have their sha256 taken beside the reader's cutting, one
+/// chunk at a time, rather than in the reader's own steps: on the eviction flush of a
+/// checkpoint that changed in places the file hash is most of the work, and the other
+/// core would otherwise idle.
 const HASH_APART: u64 = 16 << 20;
-/// Chunks queued for a file's hashing thread (each also holds its share of the window).
+/// Chunks queued for a file's hashing (each also holds its share of the window).
 const HASH_QUEUE: usize = 4;
 
 /// A chunk's share of the byte window, held until both its upload and the file hash are
@@ -155,56 +157,72 @@ enum Piece {
     End { sha256: String, size: u64 },
 }
 
-/// A file's sha256, taken in order over its chunks: inline, or on a thread of its own.
-enum FileHash {
-    Inline(Sha256, u64),
-    Apart(std::sync::mpsc::SyncSender<(Bytes, Share)>, std::thread::JoinHandle<(Sha256, u64)>),
+/// A file being read: its chunker, and its sha256 when the reader takes it itself.
+struct Reading {
+    chunker: chunking::Chunker<std::fs::File>,
+    inline: Option<(Sha256, u64)>,
 }
 
-impl FileHash {
-    fn new(len: u64) -> std::io::Result<FileHash> {
-        if len < HASH_APART {
-            return Ok(FileHash::Inline(Sha256::new(), 0));
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Bytes, Share)>(HASH_QUEUE);
-        let handle = std::thread::Builder::new().name("baton-file-hash".into()).spawn(move || {
-            let (mut hasher, mut size) = (Sha256::new(), 0u64);
-            for (data, _share) in rx {
-                hasher.update(&data);
-                size += data.len() as u64;
-            }
-            (hasher, size)
-        })?;
-        Ok(FileHash::Apart(tx, handle))
+impl Reading {
+    fn open(path: &std::path::Path, hint: Option<std::sync::Arc<chunking::Layout>>) -> std::io::Result<Reading> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let inline = (len < HASH_APART).then(|| (Sha256::new(), 0));
+        Ok(Reading { chunker: chunking::Chunker::new(file, len, hint), inline })
     }
 
-    fn update(&mut self, data: &Bytes, share: &Share) -> anyhow::Result<()> {
-        match self {
-            FileHash::Inline(hasher, size) => {
-                hasher.update(data);
-                *size += data.len() as u64;
-            }
-            FileHash::Apart(tx, _) => {
-                tx.send((data.clone(), share.clone())).map_err(|_| anyhow::anyhow!("the file's hashing thread stopped"))?
-            }
+    fn next(&mut self) -> std::io::Result<Option<chunking::Cutting>> {
+        let next = self.chunker.next().transpose()?;
+        if let (Some(c), Some((hasher, size))) = (&next, &mut self.inline) {
+            hasher.update(&c.data);
+            *size += c.data.len() as u64;
         }
-        Ok(())
-    }
-
-    fn finish(self) -> anyhow::Result<(String, u64)> {
-        let (hasher, size) = match self {
-            FileHash::Inline(hasher, size) => (hasher, size),
-            FileHash::Apart(tx, handle) => {
-                drop(tx);
-                handle.join().map_err(|_| anyhow::anyhow!("the file's hashing thread failed"))?
-            }
-        };
-        Ok((hex::encode(hasher.finalize()), size))
+        Ok(next)
     }
 }
 
-/// Read one file on a blocking thread, sending its chunks and finally its digest. The
-/// file's sha256 is taken over the chunks as they are cut, in order: every byte once.
+/// A large file's sha256, taken in order over its chunks beside the reader, a few
+/// chunks per hand-off to the CPU pool of the moment (`priority`).
+struct HashApart {
+    tx: tokio::sync::mpsc::Sender<(Bytes, Share)>,
+    done: tokio::task::JoinHandle<anyhow::Result<(Sha256, u64)>>,
+}
+
+impl HashApart {
+    fn spawn() -> HashApart {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, Share)>(HASH_QUEUE);
+        let done = tokio::spawn(async move {
+            let mut state = (Sha256::new(), 0u64);
+            while let Some(first) = rx.recv().await {
+                let mut queued = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    queued.push(more);
+                }
+                state = priority::run(move || {
+                    let (mut hasher, mut size) = state;
+                    for (data, _share) in queued {
+                        hasher.update(&data);
+                        size += data.len() as u64;
+                    }
+                    (hasher, size)
+                })
+                .await?;
+            }
+            Ok(state)
+        });
+        HashApart { tx, done }
+    }
+
+    async fn finish(self) -> anyhow::Result<(Sha256, u64)> {
+        drop(self.tx);
+        self.done.await?
+    }
+}
+
+/// Read one file, sending its chunks and finally its digest. The file's sha256 is taken
+/// over the chunks as they are cut, in order: every byte once. Each chunk is cut on the
+/// CPU pool of the moment (`priority`), so a file begun in the background while the
+/// command trained is finished at normal priority once it is evicted.
 fn spawn_reader(
     path: std::path::PathBuf,
     hint: Option<std::sync::Arc<chunking::Layout>>,
@@ -212,34 +230,56 @@ fn spawn_reader(
     bytes: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> tokio::sync::mpsc::Receiver<anyhow::Result<Piece>> {
     let (tx, rx) = tokio::sync::mpsc::channel(window);
-    tokio::task::spawn_blocking(move || {
-        let result = (|| -> anyhow::Result<()> {
-            let file = std::fs::File::open(&path)?;
-            let len = file.metadata()?.len();
-            let mut file_hash = FileHash::new(len)?;
-            for chunk in chunking::Chunker::new(file, len, hint) {
-                let chunk = chunk?;
-                let data = Bytes::from(chunk.data);
-                let units = (data.len() as u64).div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
-                let Ok(permit) = futures::executor::block_on(bytes.clone().acquire_many_owned(units)) else {
-                    return Ok(());
-                };
-                let share = std::sync::Arc::new(permit);
-                file_hash.update(&data, &share)?;
-                let piece = Piece::Chunk { data, fingerprint: chunk.fingerprint, hash: chunk.hash, _share: share };
-                if tx.blocking_send(Ok(piece)).is_err() {
-                    return Ok(()); // the upload was cancelled
-                }
-            }
-            let (sha256, size) = file_hash.finish()?;
-            let _ = tx.blocking_send(Ok(Piece::End { sha256, size }));
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = tx.blocking_send(Err(e.context(format!("reading {}", path.display()))));
+    tokio::spawn(async move {
+        if let Err(e) = read_file(&path, hint, &bytes, &tx).await {
+            let _ = tx.send(Err(e.context(format!("reading {}", path.display())))).await;
         }
     });
     rx
+}
+
+async fn read_file(
+    path: &std::path::Path,
+    hint: Option<std::sync::Arc<chunking::Layout>>,
+    bytes: &std::sync::Arc<tokio::sync::Semaphore>,
+    tx: &tokio::sync::mpsc::Sender<anyhow::Result<Piece>>,
+) -> anyhow::Result<()> {
+    let opening = path.to_path_buf();
+    let mut reading = priority::run(move || Reading::open(&opening, hint)).await??;
+    let apart = reading.inline.is_none().then(HashApart::spawn);
+    loop {
+        let (r, next) = priority::run(move || {
+            let next = reading.next();
+            (reading, next)
+        })
+        .await?;
+        reading = r;
+        let Some(chunk) = next? else { break };
+        let data = Bytes::from(chunk.data);
+        let units = (data.len() as u64).div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
+        let Ok(permit) = bytes.clone().acquire_many_owned(units).await else {
+            return Ok(());
+        };
+        let share = std::sync::Arc::new(permit);
+        if let Some(h) = &apart {
+            h.tx.send((data.clone(), share.clone())).await.map_err(|_| anyhow::anyhow!("the file's hashing stopped"))?;
+        }
+        let piece = Piece::Chunk { data, fingerprint: chunk.fingerprint, hash: chunk.hash, _share: share };
+        if tx.send(Ok(piece)).await.is_err() {
+            return Ok(()); // the upload was cancelled
+        }
+        // The common case of a small file: one chunk, and no hand-off to learn there is no second.
+        if reading.chunker.at_end() {
+            break;
+        }
+    }
+    let (hasher, size) = match (reading.inline, apart) {
+        (Some(inline), _) => inline,
+        (None, Some(apart)) => apart.finish().await?,
+        (None, None) => anyhow::bail!("internal: {} was hashed neither inline nor apart", path.display()),
+    };
+    let _ = tx.send(Ok(Piece::End { sha256: hex::encode(hasher.finalize()), size })).await;
+    Ok(())
 }
 
 /// One file's chunks, as its reader sends them, stored in order.

@@ -25,6 +25,8 @@ mod pelican;
 mod nodes;
 // The command's process family: nothing it starts outlives baton; exit status passes through.
 mod process_family;
+// Uploads yield to the command: background upload threads run niced, the rest of baton does not.
+mod priority;
 // `baton advise`, `simulate --interval-sweep`, and `baton inspect` over many runs.
 mod advise;
 // `baton simulate`: seeded schedules of real evictions over simulated slots, then verify.

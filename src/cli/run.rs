@@ -59,6 +59,11 @@ pub struct Args {
     /// Chunks uploaded at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     upload_concurrency: u16,
+    /// While the command trains, background uploads run this much below its CPU priority
+    /// (a nice increment, 0-19; 0: the same), so training comes first. Restores, and the
+    /// flush once the command is evicted or ends, run at normal priority.
+    #[arg(long, value_name = "N", env = "BATON_UPLOAD_NICE", default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    upload_nice: i32,
     /// zstd level for chunks (0: store raw).
     #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=19))]
     zstd_level: i32,
@@ -242,6 +247,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         trainer_share: a.trainer_share,
         forward_signal: a.forward_signal,
         upload: baton::upload::Settings { concurrency: a.upload_concurrency as usize, zstd_level: a.zstd_level },
+        upload_nice: a.upload_nice,
         device,
         device_info,
         job_ids: sandbox.job_ids(),

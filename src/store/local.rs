@@ -282,8 +282,10 @@ fn list_names_sync(root: &Path, prefix: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// File system work runs off the async threads, on the CPU pool of the moment: a
+/// background upload's writes yield to the command like its hashing (`priority`).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
+    crate::priority::run(f)
         .await
         .unwrap_or_else(|e| Err(StoreError::Backend { op: "io", key: String::new(), detail: format!("worker failed: {e}") }))
 }

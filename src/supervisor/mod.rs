@@ -57,6 +57,9 @@ pub struct RunConfig {
     pub trainer_share: f64,
     pub forward_signal: Option<Signal>,
     pub upload: upload::Settings,
+    /// How far below the command's priority background uploads run (nice increment;
+    /// 0: the same priority). See `priority`.
+    pub upload_nice: i32,
     pub device: String,
     pub device_info: Option<crate::device::DeviceInfo>,
     pub job_ids: JobIds,
@@ -119,6 +122,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<i32> {
 
     let mut events = Events::new(signals, commits, uploads);
     let exit = sv.supervise(&mut events).await;
+    // The command is gone: what is left to upload is the flush, and it goes first now.
+    crate::priority::foreground();
     sv.kill_family();
     socket.close();
     let exit = match exit {
@@ -252,6 +257,8 @@ impl Supervisor {
             env.set.push((m.data.name.env_var(), m.path.display().to_string()));
         }
         self.child = process::spawn(&self.cfg.command, &env.set, &env.unset)?;
+        // The command trains: uploads take what CPU it leaves.
+        crate::priority::background(self.cfg.upload_nice);
         if let Some(w) = &self.watcher {
             w.watch_group(Some(self.child));
         }

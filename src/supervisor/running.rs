@@ -58,6 +58,8 @@ impl Supervisor {
     /// Forward the eviction signal to the command's group; the first one starts the
     /// vacate window and leaves only the newest checkpoint worth uploading.
     pub(super) fn on_eviction_signal(&mut self, sig: i32) {
+        // The vacate deadline is running: uploads go first from now on.
+        crate::priority::foreground();
         let forward = self.cfg.forward_signal.map(|s| s as i32).unwrap_or(sig);
         let fwd = Signal::try_from(forward).unwrap_or(Signal::SIGTERM);
         if let Phase::Running = self.phase {
