@@ -450,3 +450,94 @@ async fn a_part_already_written_by_another_generation_is_not_a_conflict() {
     let m = parts[&1].as_ref().unwrap();
     assert_eq!((m.attempt, m.part.unwrap().generation), (4, 2), "the old generation's part is left as it was");
 }
+
+/// Upload the files `files` (relative path, bytes) as checkpoint `seq`, one chunk at a
+/// time (so the order in which the store is asked is the file's), with nothing known.
+async fn upload_one_at_a_time(store: &Store, tmp: &Path, files: &[(&str, Vec<u8>)], seq: u64) -> Manifest {
+    let src = tmp.join(format!("src-{seq}"));
+    for (rel, data) in files {
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join(rel), data).unwrap();
+    }
+    let snap = capture::snapshot(&src, &tmp.join(format!("stage-{seq}")), Hold::Copy).unwrap();
+    let info = CommitInfo { seq, reason: Reason::Commit, epoch: Some(seq), step: None, meta: BTreeMap::new(), created: 1.7e9 };
+    let settings = Settings { concurrency: 1, ..Settings::default() };
+    let m = upload::upload(store, &attempt(), &info, &snap, &settings, &KnownChunks::default()).await.unwrap();
+    snap.discard();
+    m
+}
+
+/// On a distant store a HEAD per chunk is a round trip per chunk: an upload of new bytes
+/// stops asking once a few chunks in a row were not there.
+#[tokio::test]
+async fn an_upload_of_new_bytes_stops_asking_the_store_before_each_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let m = upload_one_at_a_time(&store, tmp.path(), &[("w.bin", noise(41, 24 << 20))], 1).await;
+    let chunks = m.files[0].chunks.len();
+    assert!(chunks >= 12, "a file of many chunks: {chunks}");
+    assert_eq!(m.sizes.new_bytes, 24 << 20);
+    assert_eq!(backend.heads(), 4, "asked for the first 4 of {chunks} chunks only");
+    assert_eq!(backend.puts_refused(), 0);
+}
+
+/// Sending first, an upload that reaches bytes the store has (another run's, here) finds
+/// them with its create-only write, checks the stored one by reading it back, and goes
+/// back to asking first: the rest of the shared bytes are not sent at all.
+#[tokio::test]
+async fn sending_first_finds_shared_chunks_and_asks_first_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let shared = noise(43, 12 << 20);
+    let before = upload_one_at_a_time(&store, tmp.path(), &[("w.bin", shared.clone())], 1).await;
+    let stored: std::collections::BTreeSet<_> = before.files[0].chunks.iter().map(|c| c.hash.clone()).collect();
+    let objects = backend.list("chunks/").await.unwrap().len();
+
+    let (heads, refused) = (backend.heads(), backend.puts_refused());
+    let m = upload_one_at_a_time(&store, tmp.path(), &[("w.bin", [noise(44, 12 << 20), shared.clone()].concat())], 2).await;
+    let reused: Vec<_> = m.files[0].chunks.iter().filter(|c| stored.contains(&c.hash)).collect();
+    assert!(reused.len() >= 5, "the shared half cuts as before: {} of {} chunks", reused.len(), stored.len());
+    assert_eq!(backend.puts_refused() - refused, 1, "one shared chunk sent, found by its write");
+    assert!(backend.heads() - heads > 4, "asked first again after it");
+    let reused_bytes: u64 = reused.iter().map(|c| c.size).sum();
+    assert_eq!(m.sizes.new_bytes, m.sizes.logical_bytes - reused_bytes, "{:?}", m.sizes);
+    assert_eq!(backend.list("chunks/").await.unwrap().len(), objects + m.files[0].chunks.len() - reused.len());
+    let restored = restore::restore_latest(&store, &run(), &tmp.path().join("work"), 4, &KnownChunks::default()).await.unwrap();
+    let (back, dir) = restored.found.expect("checkpoint 2 restores");
+    assert_eq!(back.seq, 2);
+    assert_eq!(std::fs::read(dir.join("w.bin")).unwrap(), [noise(44, 12 << 20), shared].concat());
+}
+
+/// The chunk a create-only write finds may be damaged (same size, other bytes: only
+/// reading it tells). Sending first reads it back, and writes it again when it is bad.
+#[tokio::test]
+async fn a_damaged_chunk_found_by_sending_first_is_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let shared = noise(45, 12 << 20);
+    let combined = [noise(46, 12 << 20), shared.clone()].concat();
+    upload_one_at_a_time(&store, tmp.path(), &[("w.bin", shared.clone())], 1).await;
+    // Which chunk of the combined file is the first the store has: learnt on a store of its own.
+    let (_, dry) = memory_store();
+    let cut = upload_one_at_a_time(&dry, tmp.path(), &[("w.bin", combined.clone())], 9).await;
+    let mut first_shared = None;
+    for c in &cut.files[0].chunks {
+        if backend.head(&chunk_key(&c.hash)).await.unwrap().is_some() {
+            first_shared = Some(c.clone());
+            break;
+        }
+    }
+    let first_shared = first_shared.expect("a shared chunk");
+    let key = chunk_key(&first_shared.hash);
+    backend.delete(&key).await.unwrap();
+    backend.put(&key, Bytes::from(noise(99, first_shared.size as usize)), true).await.unwrap();
+
+    let refused = backend.puts_refused();
+    let m = upload_one_at_a_time(&store, tmp.path(), &[("w.bin", combined.clone())], 2).await;
+    assert_eq!(backend.puts_refused() - refused, 1, "the damaged chunk was found by sending it");
+    assert!(m.sizes.new_bytes >= (12 << 20) + first_shared.size, "{:?}", m.sizes);
+    let restored = restore::restore_latest(&store, &run(), &tmp.path().join("work"), 4, &KnownChunks::default()).await.unwrap();
+    let (back, dir) = restored.found.expect("checkpoint 2 restores");
+    assert_eq!((back.seq, restored.skipped.len()), (2, 0), "{:?}", restored.skipped);
+    assert_eq!(std::fs::read(dir.join("w.bin")).unwrap(), combined);
+}

@@ -51,12 +51,79 @@ struct ChunkOut {
     stored: u64,
 }
 
+/// Whether to ask the store for a chunk before sending it. Asking (a HEAD) saves sending
+/// bytes the store already has (another run's, an earlier attempt's), but costs a round
+/// trip per chunk, which on a distant store is most of a chunk's time in the window while
+/// a checkpoint of new bytes finds nothing. So an upload asks first until a few chunks in a
+/// row were not there, then sends first, with a create-only write that finds an existing
+/// chunk anyway (and reads that one back to check it, as a suspect answer to asking
+/// would); a chunk found either way makes it ask first again.
+#[derive(Default)]
+struct Probe {
+    /// Chunks in a row that the store did not have.
+    misses: std::sync::atomic::AtomicU32,
+}
+
+/// Chunks in a row not in the store before an upload stops asking first.
+const MISSES_BEFORE_SENDING_FIRST: u32 = 4;
+
+impl Probe {
+    fn ask_first(&self) -> bool {
+        self.misses.load(std::sync::atomic::Ordering::Relaxed) < MISSES_BEFORE_SENDING_FIRST
+    }
+
+    fn found(&self) {
+        self.misses.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn missed(&self) {
+        self.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What the store holds under a chunk's name, asked before sending it.
+enum There {
+    Nothing,
+    Intact,
+    Damaged,
+}
+
+/// Ask the store for chunk `hash` (`data` its bytes): an object of a size no encoding of
+/// them takes is damaged, one of a possible but unusual size is read back and checked.
+async fn ask(store: &Store, hash: &str, data: &Bytes) -> anyhow::Result<There> {
+    let size = data.len() as u64;
+    match store.has_chunk(hash).await {
+        Ok(None) => Ok(There::Nothing),
+        Ok(Some(stored)) => match chunking::plausible_stored_size(stored, data) {
+            Plausible::Yes => Ok(There::Intact),
+            Plausible::Suspect => match restore::check_chunk(store, hash, size).await? {
+                None => Ok(There::Intact),
+                Some(_) => Ok(There::Damaged), // marked by the check
+            },
+            Plausible::No => {
+                let why = format!("{stored} bytes stored, which no encoding of its {size} bytes takes");
+                store.report_damaged(hash, 0, &why).await;
+                tracing::warn!("chunk {hash} in the store is damaged ({why})");
+                Ok(There::Damaged)
+            }
+        },
+        // Something that is not an object holds the name (a directory store's
+        // directory, an unreadable file): the same as damaged bytes.
+        Err(e) if e.kind() == ErrorKind::Integrity => {
+            store.report_damaged(hash, 0, &e.to_string()).await;
+            Ok(There::Damaged)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Store one chunk. `hash` is its sha256 when the chunker already knows it (a chunk
 /// unchanged since this process last stored the file: `chunking::Chunker`).
 async fn put_one(
     store: &Store,
     known: &KnownChunks,
     marked: &Damaged,
+    probe: &Probe,
     data: Bytes,
     hash: Option<String>,
     level: i32,
@@ -78,58 +145,59 @@ async fn put_one(
     if !damaged && known.contains(&hash) {
         return Ok(ChunkOut { hash, size, new: false, stored: 0 });
     }
-    if !damaged {
-        match store.has_chunk(&hash).await {
-            Ok(None) => {}
-            Ok(Some(stored)) => match chunking::plausible_stored_size(stored, &data) {
-                Plausible::Yes => {
-                    known.insert(hash.clone());
-                    return Ok(ChunkOut { hash, size, new: false, stored: 0 });
-                }
-                Plausible::Suspect => match restore::check_chunk(store, &hash, size).await? {
-                    None => {
-                        known.insert(hash.clone());
-                        return Ok(ChunkOut { hash, size, new: false, stored: 0 });
-                    }
-                    Some(_) => damaged = true, // marked by the check
-                },
-                Plausible::No => {
-                    let why = format!("{stored} bytes stored, which no encoding of its {size} bytes takes");
-                    store.report_damaged(&hash, 0, &why).await;
-                    tracing::warn!("chunk {hash} in the store is damaged ({why})");
-                    damaged = true;
-                }
-            },
-            // Something that is not an object holds the name (a directory store's
-            // directory, an unreadable file): the same as damaged bytes.
-            Err(e) if e.kind() == ErrorKind::Integrity => {
-                store.report_damaged(&hash, 0, &e.to_string()).await;
+    let asked = !damaged && probe.ask_first();
+    if asked {
+        match ask(store, &hash, &data).await? {
+            There::Nothing => probe.missed(),
+            There::Intact => {
+                probe.found();
+                known.insert(hash.clone());
+                return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+            }
+            There::Damaged => {
+                probe.found();
                 damaged = true;
             }
-            Err(e) => return Err(e.into()),
         }
     }
     let encoded = priority::run(move || chunking::encode(data, level)).await??;
     let stored = encoded.len() as u64;
-    let new = match damaged {
-        true => {
-            let mut marked = marked.clone();
-            marked.insert(&hash, 0);
-            let copy = store.write_good_copy(&hash, encoded, &marked).await?;
-            tracing::warn!(
-                "chunk {hash} is damaged in the store; wrote a good copy{}",
-                if copy > 0 { format!(" beside it (copy {copy})") } else { String::new() }
-            );
-            known.insert_repaired(hash.clone());
-            true
+    if !damaged {
+        match store.put_chunk(&hash, encoded.clone()).await? {
+            PutOutcome::Created => {
+                if !asked {
+                    probe.missed();
+                }
+                known.insert(hash.clone());
+                return Ok(ChunkOut { hash, size, new: true, stored });
+            }
+            // Asked first: another writer stored it since (the same bytes under the same name).
+            PutOutcome::AlreadyExists if asked => {
+                known.insert(hash.clone());
+                return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+            }
+            // Sent first, and the store had it: read it back before this checkpoint names it.
+            PutOutcome::AlreadyExists => {
+                probe.found();
+                match restore::check_chunk(store, &hash, size).await? {
+                    None => {
+                        known.insert(hash.clone());
+                        return Ok(ChunkOut { hash, size, new: false, stored: 0 });
+                    }
+                    Some(_) => {} // damaged, and marked by the check
+                }
+            }
         }
-        false => {
-            let created = store.put_chunk(&hash, encoded).await? == PutOutcome::Created;
-            known.insert(hash.clone());
-            created
-        }
-    };
-    Ok(ChunkOut { hash, size, new, stored: if new { stored } else { 0 } })
+    }
+    let mut marked = marked.clone();
+    marked.insert(&hash, 0);
+    let copy = store.write_good_copy(&hash, encoded, &marked).await?;
+    tracing::warn!(
+        "chunk {hash} is damaged in the store; wrote a good copy{}",
+        if copy > 0 { format!(" beside it (copy {copy})") } else { String::new() }
+    );
+    known.insert_repaired(hash.clone());
+    Ok(ChunkOut { hash, size, new: true, stored })
 }
 
 /// Bytes of chunks read and not yet stored, over all the files of an upload.
@@ -287,6 +355,7 @@ async fn upload_file(
     store: &Store,
     known: &KnownChunks,
     marked: &Damaged,
+    probe: &Probe,
     settings: &Settings,
     f: &crate::capture::SnapFile,
     rx: tokio::sync::mpsc::Receiver<anyhow::Result<Piece>>,
@@ -296,7 +365,7 @@ async fn upload_file(
             match piece? {
                 // The share of the window is held until the chunk is stored.
                 Piece::Chunk { data, fingerprint, hash, _share } => {
-                    put_one(store, known, marked, data, hash, settings.zstd_level).await.map(|out| Ok((out, fingerprint)))
+                    put_one(store, known, marked, probe, data, hash, settings.zstd_level).await.map(|out| Ok((out, fingerprint)))
                 }
                 Piece::End { sha256, size } => Ok(Err((sha256, size))),
             }
@@ -358,13 +427,14 @@ pub async fn store_files(
     let window = settings.concurrency.max(1);
     // The damage markers (see `store::damage`), read once per upload.
     let marked = &store.damaged_chunks().await?;
+    let probe = &Probe::default();
     let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
     // By index: a closure over `&SnapFile` makes the future not `Send` for every lifetime.
     let mut uploads = futures::stream::iter(0..snap.files.len())
         .map(|i| {
             let f = &snap.files[i];
             let rx = spawn_reader(snap.dir.join(&f.rel), known.layout(&f.rel), window, bytes.clone());
-            upload_file(store, known, marked, settings, f, rx).boxed()
+            upload_file(store, known, marked, probe, settings, f, rx).boxed()
         })
         .buffered(files_at_once.max(1));
     while let Some(done) = uploads.next().await {

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{Backend, ObjectInfo, PutOutcome, Result, StoreError};
@@ -16,6 +17,9 @@ pub struct MemoryBackend {
     objects: Mutex<BTreeMap<String, (Bytes, i64)>>,
     /// Refuse overwrites, as a Pelican origin does.
     write_once: bool,
+    /// Requests seen, for tests of how many round trips an operation costs.
+    heads: AtomicUsize,
+    puts_refused: AtomicUsize,
 }
 
 impl MemoryBackend {
@@ -26,6 +30,16 @@ impl MemoryBackend {
     /// A store whose objects are write-once, like a Pelican origin's.
     pub fn write_once() -> Self {
         MemoryBackend { write_once: true, ..Self::default() }
+    }
+
+    /// HEAD requests answered so far.
+    pub fn heads(&self) -> usize {
+        self.heads.load(Ordering::Relaxed)
+    }
+
+    /// Create-only writes that found the key taken, so far.
+    pub fn puts_refused(&self) -> usize {
+        self.puts_refused.load(Ordering::Relaxed)
     }
 
     fn objects(&self) -> MutexGuard<'_, BTreeMap<String, (Bytes, i64)>> {
@@ -50,6 +64,7 @@ impl Backend for MemoryBackend {
     async fn put(&self, key: &str, data: Bytes, create_only: bool) -> Result<PutOutcome> {
         let mut objects = self.objects();
         if create_only && objects.contains_key(key) {
+            self.puts_refused.fetch_add(1, Ordering::Relaxed);
             return Ok(PutOutcome::AlreadyExists);
         }
         if self.write_once && objects.contains_key(key) {
@@ -74,6 +89,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
+        self.heads.fetch_add(1, Ordering::Relaxed);
         Ok(self.objects().get(key).map(|(data, _)| data.len() as u64))
     }
 
