@@ -179,12 +179,10 @@ async fn put_one(
             // Sent first, and the store had it: read it back before this checkpoint names it.
             PutOutcome::AlreadyExists => {
                 probe.found();
-                match restore::check_chunk(store, &hash, size).await? {
-                    None => {
-                        known.insert(hash.clone());
-                        return Ok(ChunkOut { hash, size, new: false, stored: 0 });
-                    }
-                    Some(_) => {} // damaged, and marked by the check
+                // Damaged (and marked by the check) unless it reads back intact.
+                if restore::check_chunk(store, &hash, size).await?.is_none() {
+                    known.insert(hash.clone());
+                    return Ok(ChunkOut { hash, size, new: false, stored: 0 });
                 }
             }
         }
