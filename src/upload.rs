@@ -3,7 +3,8 @@
 //! One reader per file cuts chunks and hashes the whole file as it goes; up to
 //! `concurrency` chunks of a file are hashed, checked, compressed and sent at once, in a
 //! window that keeps their order, and a few files go at once. Memory is bounded by
-//! [`WINDOW_BYTES`] of chunks read and not yet sent, never by the file or chunk sizes.
+//! [`WINDOW_BYTES`] of chunks read and not yet sent (more for a distant store, up to
+//! [`WINDOW_MAX`]), never by the file or chunk sizes.
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -51,23 +52,45 @@ struct ChunkOut {
     stored: u64,
 }
 
-/// Whether to ask the store for a chunk before sending it. Asking (a HEAD) saves sending
-/// bytes the store already has (another run's, an earlier attempt's), but costs a round
-/// trip per chunk, which on a distant store is most of a chunk's time in the window while
-/// a checkpoint of new bytes finds nothing. So an upload asks first until a few chunks in a
+/// What asking the store teaches an upload.
+///
+/// Whether to ask for a chunk before sending it: asking (a HEAD) saves sending bytes the
+/// store already has (another run's, an earlier attempt's), but costs a round trip per
+/// chunk, which on a distant store is most of a chunk's time in the window while a
+/// checkpoint of new bytes finds nothing. So an upload asks first until a few chunks in a
 /// row were not there, then sends first, with a create-only write that finds an existing
 /// chunk anyway (and reads that one back to check it, as a suspect answer to asking
 /// would); a chunk found either way makes it ask first again.
-#[derive(Default)]
+///
+/// And the round trip: the quickest answer to asking is about one round trip to the
+/// store (the first ones may also open a connection, so it takes the quickest of at
+/// least two), and the window of bytes in flight grows to cover it (see [`WINDOW_BYTES`]).
 struct Probe {
     /// Chunks in a row that the store did not have.
     misses: std::sync::atomic::AtomicU32,
+    /// The window of bytes read and not yet stored, in [`UNIT`]s.
+    window: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Units added to the window for the round trip so far.
+    grown: std::sync::atomic::AtomicU32,
+    /// Answers to asking so far, and the quickest, in microseconds.
+    answers: std::sync::atomic::AtomicU32,
+    quickest_us: std::sync::atomic::AtomicU64,
 }
 
 /// Chunks in a row not in the store before an upload stops asking first.
 const MISSES_BEFORE_SENDING_FIRST: u32 = 4;
 
 impl Probe {
+    fn new(window: std::sync::Arc<tokio::sync::Semaphore>) -> Probe {
+        Probe {
+            misses: Default::default(),
+            window,
+            grown: Default::default(),
+            answers: Default::default(),
+            quickest_us: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
     fn ask_first(&self) -> bool {
         self.misses.load(std::sync::atomic::Ordering::Relaxed) < MISSES_BEFORE_SENDING_FIRST
     }
@@ -79,6 +102,30 @@ impl Probe {
     fn missed(&self) {
         self.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// One answer to asking took `took`: widen the window to what the round trip needs.
+    fn round_trip(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let took = took.as_micros().min(u64::MAX as u128) as u64;
+        let quickest = self.quickest_us.fetch_min(took, Relaxed).min(took);
+        if self.answers.fetch_add(1, Relaxed) == 0 {
+            return;
+        }
+        let rtt = std::time::Duration::from_micros(quickest);
+        let want = (window_for_round_trip(rtt).saturating_sub(WINDOW_BYTES) / UNIT) as u32;
+        let grown = self.grown.fetch_max(want, Relaxed);
+        if want > grown {
+            self.window.add_permits((want - grown) as usize);
+        }
+    }
+}
+
+/// The byte window an upload needs to keep `rtt` from setting its pace: [`WINDOW_BYTES`]
+/// (what the local disk or a near server needs), plus what [`RATE_TO_COVER`] sends in
+/// one round trip, up to [`WINDOW_MAX`].
+fn window_for_round_trip(rtt: std::time::Duration) -> u64 {
+    let in_flight = (RATE_TO_COVER as f64 * rtt.as_secs_f64()) as u64;
+    (WINDOW_BYTES + in_flight).min(WINDOW_MAX)
 }
 
 /// What the store holds under a chunk's name, asked before sending it.
@@ -90,9 +137,12 @@ enum There {
 
 /// Ask the store for chunk `hash` (`data` its bytes): an object of a size no encoding of
 /// them takes is damaged, one of a possible but unusual size is read back and checked.
-async fn ask(store: &Store, hash: &str, data: &Bytes) -> anyhow::Result<There> {
+async fn ask(store: &Store, probe: &Probe, hash: &str, data: &Bytes) -> anyhow::Result<There> {
     let size = data.len() as u64;
-    match store.has_chunk(hash).await {
+    let asked = Instant::now();
+    let answer = store.has_chunk(hash).await;
+    probe.round_trip(asked.elapsed());
+    match answer {
         Ok(None) => Ok(There::Nothing),
         Ok(Some(stored)) => match chunking::plausible_stored_size(stored, data) {
             Plausible::Yes => Ok(There::Intact),
@@ -147,7 +197,7 @@ async fn put_one(
     }
     let asked = !damaged && probe.ask_first();
     if asked {
-        match ask(store, &hash, &data).await? {
+        match ask(store, probe, &hash, &data).await? {
             There::Nothing => probe.missed(),
             There::Intact => {
                 probe.found();
@@ -198,8 +248,16 @@ async fn put_one(
     Ok(ChunkOut { hash, size, new: true, stored })
 }
 
-/// Bytes of chunks read and not yet stored, over all the files of an upload.
+/// Bytes of chunks read and not yet stored, over all the files of an upload, on a local
+/// disk or a near server: enough to keep both cores busy, and what bounds the upload's
+/// memory there. A distant store gets more (`Probe::round_trip`), up to [`WINDOW_MAX`].
 pub const WINDOW_BYTES: u64 = 32 << 20;
+/// The most the window grows to for a store far away.
+pub const WINDOW_MAX: u64 = 128 << 20;
+/// The rate a widened window keeps up across the round trip: about what one client
+/// here sends to a near server (docs/performance.md, "Latency"). 50 ms of round trip
+/// adds 32 MiB.
+const RATE_TO_COVER: u64 = 640 << 20;
 /// Files uploaded at once: each has its own reader (cut and file hash), so a
 /// checkpoint of weights and optimizer state keeps both cores busy, and the window
 /// does not drain at each file's end.
@@ -425,8 +483,8 @@ pub async fn store_files(
     let window = settings.concurrency.max(1);
     // The damage markers (see `store::damage`), read once per upload.
     let marked = &store.damaged_chunks().await?;
-    let probe = &Probe::default();
     let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
+    let probe = &Probe::new(bytes.clone());
     // By index: a closure over `&SnapFile` makes the future not `Send` for every lifetime.
     let mut uploads = futures::stream::iter(0..snap.files.len())
         .map(|i| {
@@ -510,4 +568,31 @@ async fn part_taken(store: &Store, attempt: &Attempt, seq: u64, mine: crate::man
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_window_covers_the_round_trip_up_to_its_bound() {
+        assert!(window_for_round_trip(Duration::from_micros(20)) < WINDOW_BYTES + UNIT, "a local disk: the base window");
+        assert_eq!(window_for_round_trip(Duration::from_millis(50)), WINDOW_BYTES + (32 << 20));
+        assert_eq!(window_for_round_trip(Duration::from_secs(2)), WINDOW_MAX);
+    }
+
+    #[test]
+    fn the_quickest_of_two_answers_sets_the_window_and_it_never_shrinks() {
+        let window = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
+        let probe = Probe::new(window.clone());
+        let base = window.available_permits();
+        // The first answer may have opened a connection: alone, it changes nothing.
+        probe.round_trip(Duration::from_millis(150));
+        assert_eq!(window.available_permits(), base);
+        probe.round_trip(Duration::from_millis(50));
+        assert_eq!(window.available_permits(), base + (32 << 20) / UNIT as usize);
+        probe.round_trip(Duration::from_millis(20));
+        assert_eq!(window.available_permits(), base + (32 << 20) / UNIT as usize, "grown once, never shrunk");
+    }
 }
