@@ -31,11 +31,6 @@ pub fn foreground() {
     BACKGROUND.store(0, Ordering::SeqCst);
 }
 
-/// Whether work handed out now goes to the background pool.
-pub fn in_background() -> bool {
-    BACKGROUND.load(Ordering::SeqCst) > 0
-}
-
 /// Run CPU-bound `f` off the async threads, on the pool of the current priority.
 pub async fn run<F, R>(f: F) -> Result<R, tokio::task::JoinError>
 where
@@ -82,7 +77,7 @@ fn lower_this_thread(by: i32) {
 }
 
 /// The calling thread's nice value.
-pub fn this_thread_nice() -> i32 {
+fn this_thread_nice() -> i32 {
     let tid = nix::unistd::gettid().as_raw();
     // SAFETY: as above; -1 is a valid answer, so errno is the only error sign, and this is
     // only read where the call cannot fail (the thread's own tid).
@@ -98,10 +93,8 @@ mod tests {
     async fn background_work_runs_niced_and_foreground_work_does_not() {
         let base = this_thread_nice();
         background(7);
-        assert!(in_background());
         let bg = run(this_thread_nice).await.unwrap();
         foreground();
-        assert!(!in_background());
         let fg = run(this_thread_nice).await.unwrap();
         assert_eq!(bg, (base + 7).min(19), "a background thread lowers its priority");
         assert_eq!(fg, base, "foreground work stays at the process's priority");
