@@ -161,8 +161,11 @@ pub async fn check_chunk(store: &Store, hash: &str, size: u64) -> Result<Option<
 /// round trip at several hundred MiB/s (docs/benchmarks-tools.md).
 pub const CONCURRENCY: usize = 16;
 /// Bytes of chunks fetched but not yet written, over all the files of a read: what
-/// bounds a restore's memory, whatever the chunk sizes and the concurrency.
-pub const WINDOW_BYTES: u64 = 32 << 20;
+/// bounds a restore's memory, whatever the chunk sizes and the concurrency. With large
+/// files' chunks at 4 MiB on average, 32 MiB held only six or seven of them, and a
+/// restore from a local S3 server waited on the server's time per request: 64 MiB was
+/// 1.4x as fast (docs/performance.md) at a peak RSS of ~120 MiB; 128 MiB was no faster.
+pub const WINDOW_BYTES: u64 = 64 << 20;
 /// Files written at once. Each is hashed whole, in order, on its own thread, so a
 /// checkpoint of weights and optimizer state keeps several hashers busy.
 const FILES_AT_ONCE: usize = 4;
