@@ -163,17 +163,52 @@ pub const CONCURRENCY: usize = 16;
 /// Bytes of chunks fetched but not yet written, over all the files of a read: what
 /// bounds a restore's memory, whatever the chunk sizes and the concurrency. With large
 /// files' chunks at 4 MiB on average, 32 MiB held only six or seven of them, and a
-/// restore from a local S3 server waited on the server's time per request: 64 MiB was
-/// 1.4x as fast (docs/performance.md) at a peak RSS of ~120 MiB; 128 MiB was no faster.
-pub const WINDOW_BYTES: u64 = 64 << 20;
+/// restore from a local S3 server waited on the server's time per request: 48 MiB was
+/// 1.4x as fast (docs/performance.md) at a peak RSS of ~95 MiB; 64 and 128 MiB were
+/// no faster and took ~120 and ~175 MiB.
+pub const WINDOW_BYTES: u64 = 48 << 20;
+/// The most the window grows to for a store far away.
+pub const WINDOW_MAX: u64 = 128 << 20;
+/// The rate a widened window keeps up across the store's round trip, about what one
+/// restore here reads from a near server: 50 ms adds 32 MiB.
+const RATE_TO_COVER: u64 = 640 << 20;
 /// Files written at once. Each is hashed whole, in order, on its own thread, so a
 /// checkpoint of weights and optimizer state keeps several hashers busy.
 const FILES_AT_ONCE: usize = 4;
 /// The window is counted in units of this many bytes (a semaphore's permits).
 const UNIT: u64 = 64 << 10;
 
-fn units(size: u64) -> u32 {
-    size.div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32
+/// The byte window a read from a store `rtt` away needs: [`WINDOW_BYTES`], plus what
+/// [`RATE_TO_COVER`] brings in one round trip, up to [`WINDOW_MAX`]. At 50 ms of added
+/// round trip a restore from a local S3 server reached 0.83 of its speed without it in
+/// 48 MiB, 0.94 in 64 (docs/performance.md).
+fn window_for_round_trip(rtt: Option<std::time::Duration>) -> u64 {
+    let in_flight = rtt.map_or(0, |rtt| (RATE_TO_COVER as f64 * rtt.as_secs_f64()) as u64);
+    (WINDOW_BYTES + in_flight).min(WINDOW_MAX)
+}
+
+/// About one round trip to the store, to size a read's window: the quicker of two
+/// HEADs of its first chunk, asked before anything else is in flight (the first may
+/// also open a connection). Only for reads larger than the base window, where it can
+/// matter; `None` when the store does not answer (the read itself then says why).
+async fn round_trip(store: &Store, files: &[FileEntry]) -> Option<std::time::Duration> {
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let first = files.iter().find_map(|f| f.chunks.first())?;
+    if total <= WINDOW_BYTES {
+        return None;
+    }
+    let mut quickest: Option<std::time::Duration> = None;
+    for _ in 0..2 {
+        let start = std::time::Instant::now();
+        store.has_chunk(&first.hash).await.ok()?;
+        let took = start.elapsed();
+        quickest = Some(quickest.map_or(took, |q| q.min(took)));
+    }
+    quickest
+}
+
+fn units(size: u64, window: u64) -> u32 {
+    size.div_ceil(UNIT).clamp(1, window / UNIT) as u32
 }
 
 /// A checked chunk on its way to its file's writer, holding its share of the window
@@ -283,7 +318,10 @@ where
     O: FnMut(&FileEntry) -> Result<W, RestoreError>,
 {
     let err = |f: &FileEntry, detail: String| RestoreError::File { seq, path: f.path.clone(), detail };
-    let window = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
+    let rtt = round_trip(store, files).await;
+    let window_bytes = window_for_round_trip(rtt);
+    tracing::debug!("reading with {} MiB of chunks in flight (round trip {rtt:?})", window_bytes >> 20);
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new((window_bytes / UNIT) as usize));
     let mut writers: Vec<Option<Writer<W>>> = files.iter().map(|_| None).collect();
     let mut order = Schedule::new(files);
     type Fetched = (usize, usize, Result<Vec<u8>, RestoreError>, tokio::sync::OwnedSemaphorePermit);
@@ -299,7 +337,7 @@ where
         }
         let room = async {
             match next {
-                Some((fi, ci)) => window.clone().acquire_many_owned(units(files[fi].chunks[ci].size)).await,
+                Some((fi, ci)) => window.clone().acquire_many_owned(units(files[fi].chunks[ci].size, window_bytes)).await,
                 None => std::future::pending().await,
             }
         };
@@ -537,4 +575,19 @@ pub async fn restore_into(store: &Store, run: &RunId, seq: Option<u64>, target: 
     };
     let _ = std::fs::remove_dir_all(&work);
     placed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_read_window_covers_the_round_trip_up_to_its_bound() {
+        assert_eq!(window_for_round_trip(None), WINDOW_BYTES, "a small read, or a store that did not answer");
+        assert!(window_for_round_trip(Some(Duration::from_micros(500))) < WINDOW_BYTES + UNIT * 8, "a near server: about the base");
+        assert_eq!(window_for_round_trip(Some(Duration::from_millis(50))), WINDOW_BYTES + (32 << 20));
+        assert_eq!(window_for_round_trip(Some(Duration::from_secs(2))), WINDOW_MAX);
+        assert_eq!(units(WINDOW_MAX, WINDOW_BYTES) as u64, WINDOW_BYTES / UNIT, "one chunk never needs more than the window");
+    }
 }

@@ -251,13 +251,16 @@ async fn put_one(
 /// Bytes of chunks read and not yet stored, over all the files of an upload, on a local
 /// disk or a near server: enough to keep both cores busy, and what bounds the upload's
 /// memory there. A distant store gets more (`Probe::round_trip`), up to [`WINDOW_MAX`].
-pub const WINDOW_BYTES: u64 = 32 << 20;
+/// 16 MiB uploads to a local S3 server as fast as 32 did, at a peak RSS ~25 MiB lower
+/// (docs/performance.md): each of the three readers also holds a read buffer and the
+/// chunk waiting for its place, so the window is not all of the memory.
+pub const WINDOW_BYTES: u64 = 16 << 20;
 /// The most the window grows to for a store far away.
 pub const WINDOW_MAX: u64 = 128 << 20;
-/// The rate a widened window keeps up across the round trip: about what one client
-/// here sends to a near server (docs/performance.md, "Latency"). 50 ms of round trip
-/// adds 32 MiB.
-const RATE_TO_COVER: u64 = 640 << 20;
+/// The rate a widened window keeps up across the round trip. Set so that 50 ms of
+/// round trip gets 64 MiB in all, the window measured at 0.84 of the upload's speed
+/// without the round trip (docs/performance.md, "Latency"); 20 ms gets 35 MiB.
+const RATE_TO_COVER: u64 = 960 << 20;
 /// Files uploaded at once: each has its own reader (cut and file hash), so a
 /// checkpoint of weights and optimizer state keeps both cores busy, and the window
 /// does not drain at each file's end.
@@ -578,7 +581,7 @@ mod tests {
     #[test]
     fn the_window_covers_the_round_trip_up_to_its_bound() {
         assert!(window_for_round_trip(Duration::from_micros(20)) < WINDOW_BYTES + UNIT, "a local disk: the base window");
-        assert_eq!(window_for_round_trip(Duration::from_millis(50)), WINDOW_BYTES + (32 << 20));
+        assert_eq!(window_for_round_trip(Duration::from_millis(50)), WINDOW_BYTES + (48 << 20));
         assert_eq!(window_for_round_trip(Duration::from_secs(2)), WINDOW_MAX);
     }
 
@@ -591,8 +594,8 @@ mod tests {
         probe.round_trip(Duration::from_millis(150));
         assert_eq!(window.available_permits(), base);
         probe.round_trip(Duration::from_millis(50));
-        assert_eq!(window.available_permits(), base + (32 << 20) / UNIT as usize);
+        assert_eq!(window.available_permits(), base + (48 << 20) / UNIT as usize);
         probe.round_trip(Duration::from_millis(20));
-        assert_eq!(window.available_permits(), base + (32 << 20) / UNIT as usize, "grown once, never shrunk");
+        assert_eq!(window.available_permits(), base + (48 << 20) / UNIT as usize, "grown once, never shrunk");
     }
 }

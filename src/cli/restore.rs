@@ -21,7 +21,7 @@ pub struct Args {
     /// Directory to write into; must not exist or be empty.
     #[arg(long, value_name = "DIR")]
     to: PathBuf,
-    /// Chunks downloaded at once (within 64 MiB of chunks in memory).
+    /// Chunks downloaded at once (within 48 MiB of chunks in memory, more for a distant store).
     #[arg(long, value_name = "N", default_value_t = baton::restore::CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
 }
