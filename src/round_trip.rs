@@ -541,3 +541,20 @@ async fn a_damaged_chunk_found_by_sending_first_is_written_again() {
     assert_eq!((back.seq, restored.skipped.len()), (2, 0), "{:?}", restored.skipped);
     assert_eq!(std::fs::read(dir.join("w.bin")).unwrap(), combined);
 }
+
+/// Files of one upload count their misses apart: a checkpoint whose weights the store has
+/// and whose optimizer state is new does not send the weights' chunks first because the
+/// optimizer state's were missing (each such write is refused, and costs a read back).
+#[tokio::test]
+async fn a_file_the_store_has_is_asked_for_while_a_new_file_beside_it_is_sent_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, store) = memory_store();
+    let weights = noise(45, 16 << 20);
+    upload_one_at_a_time(&store, tmp.path(), &[("weights.bin", weights.clone())], 1).await;
+    let (heads, refused) = (backend.heads(), backend.puts_refused());
+    let m = upload_one_at_a_time(&store, tmp.path(), &[("weights.bin", weights), ("optimizer.bin", noise(46, 24 << 20))], 2).await;
+    assert_eq!(m.sizes.new_bytes, 24 << 20, "{:?}", m.sizes);
+    assert_eq!(backend.puts_refused() - refused, 0, "no chunk of the stored weights was sent first");
+    let weights_chunks = m.files.iter().find(|f| f.path == "weights.bin").unwrap().chunks.len();
+    assert_eq!(backend.heads() - heads, weights_chunks + 4, "every weights chunk asked for, and the first 4 of the new file only");
+}

@@ -66,8 +66,15 @@ struct ChunkOut {
 /// store (the first ones may also open a connection, so it takes the quickest of at
 /// least two), and the window of bytes in flight grows to cover it (see [`WINDOW_BYTES`]).
 struct Probe {
-    /// Chunks in a row that the store did not have.
+    /// Chunks of this file in a row that the store did not have. Per file: a checkpoint
+    /// whose weights the store has and whose optimizer state is new would otherwise
+    /// switch back and forth with every chunk, sending first the chunks the store has.
     misses: std::sync::atomic::AtomicU32,
+    /// What the round trip teaches, shared by the files of an upload.
+    trip: std::sync::Arc<RoundTrip>,
+}
+
+struct RoundTrip {
     /// The window of bytes read and not yet stored, in [`UNIT`]s.
     window: std::sync::Arc<tokio::sync::Semaphore>,
     /// Units added to the window for the round trip so far.
@@ -82,13 +89,19 @@ const MISSES_BEFORE_SENDING_FIRST: u32 = 4;
 
 impl Probe {
     fn new(window: std::sync::Arc<tokio::sync::Semaphore>) -> Probe {
-        Probe {
-            misses: Default::default(),
+        let trip = RoundTrip {
             window,
             grown: Default::default(),
             answers: Default::default(),
             quickest_us: std::sync::atomic::AtomicU64::new(u64::MAX),
-        }
+        };
+        Probe { misses: Default::default(), trip: std::sync::Arc::new(trip) }
+    }
+
+    /// A probe for another file of the same upload: its own count of misses, the same
+    /// window and round trip.
+    fn for_another_file(&self) -> Probe {
+        Probe { misses: Default::default(), trip: self.trip.clone() }
     }
 
     fn ask_first(&self) -> bool {
@@ -106,16 +119,17 @@ impl Probe {
     /// One answer to asking took `took`: widen the window to what the round trip needs.
     fn round_trip(&self, took: std::time::Duration) {
         use std::sync::atomic::Ordering::Relaxed;
+        let trip = &self.trip;
         let took = took.as_micros().min(u64::MAX as u128) as u64;
-        let quickest = self.quickest_us.fetch_min(took, Relaxed).min(took);
-        if self.answers.fetch_add(1, Relaxed) == 0 {
+        let quickest = trip.quickest_us.fetch_min(took, Relaxed).min(took);
+        if trip.answers.fetch_add(1, Relaxed) == 0 {
             return;
         }
         let rtt = std::time::Duration::from_micros(quickest);
         let want = (window_for_round_trip(rtt).saturating_sub(WINDOW_BYTES) / UNIT) as u32;
-        let grown = self.grown.fetch_max(want, Relaxed);
+        let grown = trip.grown.fetch_max(want, Relaxed);
         if want > grown {
-            self.window.add_permits((want - grown) as usize);
+            trip.window.add_permits((want - grown) as usize);
         }
     }
 }
@@ -487,13 +501,14 @@ pub async fn store_files(
     // The damage markers (see `store::damage`), read once per upload.
     let marked = &store.damaged_chunks().await?;
     let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
-    let probe = &Probe::new(bytes.clone());
+    let probe = Probe::new(bytes.clone());
+    let probes: &Vec<Probe> = &snap.files.iter().map(|_| probe.for_another_file()).collect();
     // By index: a closure over `&SnapFile` makes the future not `Send` for every lifetime.
     let mut uploads = futures::stream::iter(0..snap.files.len())
         .map(|i| {
             let f = &snap.files[i];
             let rx = spawn_reader(snap.dir.join(&f.rel), known.layout(&f.rel), window, bytes.clone());
-            upload_file(store, known, marked, probe, settings, f, rx).boxed()
+            upload_file(store, known, marked, &probes[i], settings, f, rx).boxed()
         })
         .buffered(files_at_once.max(1));
     while let Some(done) = uploads.next().await {
