@@ -183,8 +183,14 @@ const UNIT: u64 = 64 << 10;
 /// round trip a restore from a local S3 server reached 0.83 of its speed without it in
 /// 48 MiB, 0.94 in 64 (docs/performance.md).
 fn window_for_round_trip(rtt: Option<std::time::Duration>) -> u64 {
-    let in_flight = rtt.map_or(0, |rtt| (RATE_TO_COVER as f64 * rtt.as_secs_f64()) as u64);
-    (WINDOW_BYTES + in_flight).min(WINDOW_MAX)
+    window_covering(WINDOW_BYTES, rtt.unwrap_or_default(), RATE_TO_COVER, WINDOW_MAX)
+}
+
+/// A pipeline's byte window for a store `rtt` away: `base` (what the pipeline needs
+/// near the store), plus what `rate` moves in one round trip, up to `max`. Restore's
+/// and upload's windows both grow this way.
+pub(crate) fn window_covering(base: u64, rtt: std::time::Duration, rate: u64, max: u64) -> u64 {
+    (base + (rate as f64 * rtt.as_secs_f64()) as u64).min(max)
 }
 
 /// About one round trip to the store, to size a read's window: the quicker of two

@@ -138,8 +138,7 @@ impl Probe {
 /// (what the local disk or a near server needs), plus what [`RATE_TO_COVER`] sends in
 /// one round trip, up to [`WINDOW_MAX`].
 fn window_for_round_trip(rtt: std::time::Duration) -> u64 {
-    let in_flight = (RATE_TO_COVER as f64 * rtt.as_secs_f64()) as u64;
-    (WINDOW_BYTES + in_flight).min(WINDOW_MAX)
+    restore::window_covering(WINDOW_BYTES, rtt, RATE_TO_COVER, WINDOW_MAX)
 }
 
 /// What the store holds under a chunk's name, asked before sending it.

@@ -30,6 +30,16 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
+    /// A create-only write of `data` to `key` failed in transit and the key is now taken:
+    /// by this write's first try when it holds the very bytes sent, else by another writer.
+    async fn taken_after_a_failed_try(&self, key: &str, data: &Bytes) -> PutOutcome {
+        if self.get(key, data.len() as u64).await.is_ok_and(|there| there == data) {
+            PutOutcome::Created
+        } else {
+            PutOutcome::AlreadyExists
+        }
+    }
+
     pub fn new(bucket: &str, prefix: &str) -> anyhow::Result<Self> {
         let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
             .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
@@ -268,10 +278,7 @@ impl Backend for S3Backend {
             match self.inner.put_opts(&self.path(key), PutPayload::from_bytes(data.clone()), opts).await {
                 Ok(_) => return Ok(PutOutcome::Created),
                 Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
-                    if retried && self.get(key, data.len() as u64).await.is_ok_and(|there| there == data) {
-                        return Ok(PutOutcome::Created);
-                    }
-                    return Ok(PutOutcome::AlreadyExists);
+                    return Ok(if retried { self.taken_after_a_failed_try(key, &data).await } else { PutOutcome::AlreadyExists });
                 }
                 Err(e) => {
                     let err = self.map_err("put", key, e);
@@ -284,10 +291,7 @@ impl Backend for S3Backend {
                     // (s3s-fs does: every such write cost 3 s of backing off, found by the
                     // bench's second checkpoint.) Ask at once whether the key is there.
                     if create_only && matches!(self.head(key).await, Ok(Some(_))) {
-                        if self.get(key, data.len() as u64).await.is_ok_and(|there| there == data) {
-                            return Ok(PutOutcome::Created);
-                        }
-                        return Ok(PutOutcome::AlreadyExists);
+                        return Ok(self.taken_after_a_failed_try(key, &data).await);
                     }
                     tracing::debug!("retrying put {key} in {delay:?}: {err}");
                     tokio::time::sleep(delay).await;
