@@ -251,6 +251,12 @@ impl<R: std::io::Read> Chunker<R> {
 }
 
 impl<R> Chunker<R> {
+    /// The most bytes the next chunk can hold, for a file that has not grown since it
+    /// was opened.
+    pub fn next_at_most(&self) -> u64 {
+        u64::from(self.cut.max).min(self.size.saturating_sub(self.offset))
+    }
+
     /// Every byte of the file has been handed out: the next call answers `None`.
     pub fn at_end(&self) -> bool {
         self.eof && self.buf.is_empty()

@@ -264,16 +264,16 @@ async fn put_one(
 /// Bytes of chunks read and not yet stored, over all the files of an upload, on a local
 /// disk or a near server: enough to keep both cores busy, and what bounds the upload's
 /// memory there. A distant store gets more (`Probe::round_trip`), up to [`WINDOW_MAX`].
-/// 16 MiB uploads to a local S3 server as fast as 32 did, at a peak RSS ~25 MiB lower
-/// (docs/performance.md): each of the three readers also holds a read buffer and the
-/// chunk waiting for its place, so the window is not all of the memory.
-pub const WINDOW_BYTES: u64 = 16 << 20;
+/// 16 MiB saved memory but made a directory-store upload 1.15x slower; a chunk's place
+/// is instead taken before it is read (`read_file`), so the readers' waiting chunks are
+/// inside the window (docs/performance.md).
+pub const WINDOW_BYTES: u64 = 32 << 20;
 /// The most the window grows to for a store far away.
 pub const WINDOW_MAX: u64 = 128 << 20;
-/// The rate a widened window keeps up across the round trip. Set so that 50 ms of
-/// round trip gets 64 MiB in all, the window measured at 0.84 of the upload's speed
-/// without the round trip (docs/performance.md, "Latency"); 20 ms gets 35 MiB.
-const RATE_TO_COVER: u64 = 960 << 20;
+/// The rate a widened window keeps up across the round trip: about what one client
+/// here sends to a near server (docs/performance.md, "Latency"). 50 ms of round trip
+/// adds 32 MiB.
+const RATE_TO_COVER: u64 = 640 << 20;
 /// Files uploaded at once: each has its own reader (cut and file hash), so a
 /// checkpoint of weights and optimizer state keeps both cores busy, and the window
 /// does not drain at each file's end.
@@ -387,7 +387,14 @@ async fn read_file(
     let opening = path.to_path_buf();
     let mut reading = priority::run(move || Reading::open(&opening, hint)).await??;
     let apart = reading.inline.is_none().then(HashApart::spawn);
+    let units = |size: u64| size.div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
     loop {
+        // The next chunk's place in the window is taken before it is read, for the most
+        // it can hold, and given back down to its size once it is cut: a reader waiting
+        // for room holds no chunk outside the window (three of up to 8 MiB each, before).
+        let Ok(mut permit) = bytes.clone().acquire_many_owned(units(reading.chunker.next_at_most())).await else {
+            return Ok(());
+        };
         let (r, next) = priority::run(move || {
             let next = reading.next();
             (reading, next)
@@ -396,10 +403,16 @@ async fn read_file(
         reading = r;
         let Some(chunk) = next? else { break };
         let data = Bytes::from(chunk.data);
-        let units = (data.len() as u64).div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
-        let Ok(permit) = bytes.clone().acquire_many_owned(units).await else {
-            return Ok(());
-        };
+        let need = units(data.len() as u64) as usize;
+        if permit.num_permits() > need {
+            drop(permit.split(permit.num_permits() - need));
+        } else if permit.num_permits() < need {
+            // The file grew since it was opened.
+            let Ok(more) = bytes.clone().acquire_many_owned((need - permit.num_permits()) as u32).await else {
+                return Ok(());
+            };
+            permit.merge(more);
+        }
         let share = std::sync::Arc::new(permit);
         if let Some(h) = &apart {
             h.tx.send((data.clone(), share.clone())).await.map_err(|_| anyhow::anyhow!("the file's hashing stopped"))?;
@@ -595,7 +608,7 @@ mod tests {
     #[test]
     fn the_window_covers_the_round_trip_up_to_its_bound() {
         assert!(window_for_round_trip(Duration::from_micros(20)) < WINDOW_BYTES + UNIT, "a local disk: the base window");
-        assert_eq!(window_for_round_trip(Duration::from_millis(50)), WINDOW_BYTES + (48 << 20));
+        assert_eq!(window_for_round_trip(Duration::from_millis(50)), WINDOW_BYTES + (32 << 20));
         assert_eq!(window_for_round_trip(Duration::from_secs(2)), WINDOW_MAX);
     }
 
@@ -608,8 +621,8 @@ mod tests {
         probe.round_trip(Duration::from_millis(150));
         assert_eq!(window.available_permits(), base);
         probe.round_trip(Duration::from_millis(50));
-        assert_eq!(window.available_permits(), base + (48 << 20) / UNIT as usize);
+        assert_eq!(window.available_permits(), base + (32 << 20) / UNIT as usize);
         probe.round_trip(Duration::from_millis(20));
-        assert_eq!(window.available_permits(), base + (48 << 20) / UNIT as usize, "grown once, never shrunk");
+        assert_eq!(window.available_permits(), base + (32 << 20) / UNIT as usize, "grown once, never shrunk");
     }
 }
