@@ -3,6 +3,9 @@ unchanged since the last durable one (issue 12). A trainer commits a checkpoint,
 until it is durable, is sent SIGTERM, changes 5% of the weights (20 scattered regions),
 saves, commits and exits; baton flushes and exits. Split: the trainer's own save and
 commit, then baton's flush (commit to baton's exit, after the manifest is written).
+FLUSH_SAVE_SECONDS (default 0: as fast as the page cache takes it) spreads the save on
+SIGTERM over that many seconds, in 32 writes, as a GPU trainer's save is paced by copying
+tensors off the device; FLUSH_CHANGE (default 0.05) is the fraction of weights changed.
 
 usage: flush.py BATON STORE_URL MIB REPS WORKDIR  ->  one JSON line per repetition, then
        a summary line {"median_total": ..., ...}
@@ -27,16 +30,22 @@ w = (0.05 * np.sin(np.arange(n, dtype=np.float64) * 1e-4) + 0.01 * rng.standard_
 got = []
 signal.signal(signal.SIGTERM, lambda s, f: got.append(time.time()))
 w.tofile(os.path.join(d, "model.bin"))
+pace = float(os.environ.get("FLUSH_SAVE_SECONDS", "0"))
+change = float(os.environ.get("FLUSH_CHANGE", "0.05"))
 subprocess.run([os.environ["BATON_BIN"], "commit", "--epoch", "1"], check=True)
 print("READY", flush=True)
 while not got:
     time.sleep(0.01)
 t0 = time.time()
-region = n // 20 // 20                       # 20 regions, 5% of the weights in all
+region = int(n // 20 * change)               # 20 regions, 5% of the weights in all
 for k in range(20):
     s = k * (n // 20)
     w[s:s + region] *= np.float32(1.001)
-w.tofile(os.path.join(d, "model.bin"))
+with open(os.path.join(d, "model.bin"), "wb") as f:
+    for piece in np.array_split(w, 32):
+        piece.tofile(f)
+        f.flush()
+        time.sleep(pace / 32)
 subprocess.run([os.environ["BATON_BIN"], "commit", "--epoch", "2"], check=False)
 print("SAVED %.6f %.6f" % (got[0], time.time()), flush=True)
 sys.exit(143)

@@ -17,6 +17,8 @@ pub struct SnapFile {
     pub mode: u32,
     /// Held by hard link to the live file rather than copied (`Hold::Link`).
     pub linked: bool,
+    /// What was read of it while the trainer wrote it, during an eviction (`hash_ahead`).
+    pub ahead: Option<std::sync::Arc<crate::hash_ahead::Ahead>>,
 }
 
 #[derive(Debug)]
@@ -116,6 +118,17 @@ pub struct FileStamp {
     ctime: (i64, i64),
 }
 
+impl FileStamp {
+    /// (device, inode): the file, whatever its name.
+    pub fn identity(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 fn stamp(rel: &str, path: &Path) -> Result<FileStamp, CaptureError> {
     let m = std::fs::metadata(path).map_err(io_err(path))?;
     Ok(FileStamp {
@@ -168,7 +181,7 @@ pub fn snapshot(src: &Path, staging: &Path, hold: Hold) -> Result<Snapshot, Capt
             // A new link moves the inode's ctime: the stamp to hold it to is the one after.
             let now = stamp(&rel, &to)?;
             let meta = std::fs::metadata(&to).map_err(io_err(&to))?;
-            files.push(SnapFile { rel, size: meta.len(), mode: meta.permissions().mode() & 0o777, linked: true });
+            files.push(SnapFile { rel, size: meta.len(), mode: meta.permissions().mode() & 0o777, linked: true, ahead: None });
             stamps.push(now);
             continue;
         }
@@ -181,7 +194,7 @@ pub fn snapshot(src: &Path, staging: &Path, hold: Hold) -> Result<Snapshot, Capt
         let meta = std::fs::metadata(&to).map_err(io_err(&to))?;
         // setuid/setgid bits never travel through a checkpoint.
         let mode = meta.permissions().mode() & 0o777;
-        files.push(SnapFile { rel, size: meta.len(), mode, linked: false });
+        files.push(SnapFile { rel, size: meta.len(), mode, linked: false, ahead: None });
         stamps.push(before);
     }
     Ok(Snapshot { dir: staging.to_path_buf(), files, stamps, seconds: start.elapsed().as_secs_f64() })

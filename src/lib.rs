@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod format;
+pub mod hash_ahead;
 pub mod htcondor;
 pub mod identity;
 pub mod interval;

@@ -17,6 +17,7 @@ use crate::capture::Snapshot;
 use crate::chunking;
 use crate::chunking::Plausible;
 use crate::error::{Classify, ErrorKind};
+use crate::hash_ahead::{self, FileHash};
 use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
 use crate::priority;
 use crate::restore;
@@ -284,7 +285,7 @@ const UNIT: u64 = 64 << 10;
 /// chunk at a time, rather than in the reader's own steps: on the eviction flush of a
 /// checkpoint that changed in places the file hash is most of the work, and the other
 /// core would otherwise idle.
-const HASH_APART: u64 = 16 << 20;
+const HASH_APART: u64 = hash_ahead::FOLLOW_FROM;
 /// Chunks queued for a file's hashing (each also holds its share of the window).
 const HASH_QUEUE: usize = 4;
 
@@ -322,29 +323,29 @@ impl Reading {
 }
 
 /// A large file's sha256, taken in order over its chunks beside the reader, a few
-/// chunks per hand-off to the CPU pool of the moment (`priority`).
+/// chunks per hand-off to the CPU pool of the moment (`priority`); from what was read
+/// ahead of it during an eviction where that is still its bytes (`hash_ahead`).
 struct HashApart {
     tx: tokio::sync::mpsc::Sender<(Bytes, Share)>,
-    done: tokio::task::JoinHandle<anyhow::Result<(Sha256, u64)>>,
+    done: tokio::task::JoinHandle<anyhow::Result<FileHash>>,
 }
 
 impl HashApart {
-    fn spawn() -> HashApart {
+    fn spawn(ahead: Option<std::sync::Arc<hash_ahead::Ahead>>) -> HashApart {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, Share)>(HASH_QUEUE);
         let done = tokio::spawn(async move {
-            let mut state = (Sha256::new(), 0u64);
+            let mut state = FileHash::new(ahead);
             while let Some(first) = rx.recv().await {
                 let mut queued = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     queued.push(more);
                 }
                 state = priority::run(move || {
-                    let (mut hasher, mut size) = state;
+                    let mut state = state;
                     for (data, _share) in queued {
-                        hasher.update(&data);
-                        size += data.len() as u64;
+                        state.update(data);
                     }
-                    (hasher, size)
+                    state
                 })
                 .await?;
             }
@@ -353,7 +354,7 @@ impl HashApart {
         HashApart { tx, done }
     }
 
-    async fn finish(self) -> anyhow::Result<(Sha256, u64)> {
+    async fn finish(self) -> anyhow::Result<FileHash> {
         drop(self.tx);
         self.done.await?
     }
@@ -366,12 +367,13 @@ impl HashApart {
 fn spawn_reader(
     path: std::path::PathBuf,
     hint: Option<std::sync::Arc<chunking::Layout>>,
+    ahead: Option<std::sync::Arc<hash_ahead::Ahead>>,
     window: usize,
     bytes: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> tokio::sync::mpsc::Receiver<anyhow::Result<Piece>> {
     let (tx, rx) = tokio::sync::mpsc::channel(window);
     tokio::spawn(async move {
-        if let Err(e) = read_file(&path, hint, &bytes, &tx).await {
+        if let Err(e) = read_file(&path, hint, ahead, &bytes, &tx).await {
             let _ = tx.send(Err(e.context(format!("reading {}", path.display())))).await;
         }
     });
@@ -381,12 +383,13 @@ fn spawn_reader(
 async fn read_file(
     path: &std::path::Path,
     hint: Option<std::sync::Arc<chunking::Layout>>,
+    ahead: Option<std::sync::Arc<hash_ahead::Ahead>>,
     bytes: &std::sync::Arc<tokio::sync::Semaphore>,
     tx: &tokio::sync::mpsc::Sender<anyhow::Result<Piece>>,
 ) -> anyhow::Result<()> {
     let opening = path.to_path_buf();
     let mut reading = priority::run(move || Reading::open(&opening, hint)).await??;
-    let apart = reading.inline.is_none().then(HashApart::spawn);
+    let apart = reading.inline.is_none().then(|| HashApart::spawn(ahead));
     let units = |size: u64| size.div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
     loop {
         // The next chunk's place in the window is taken before it is read, for the most
@@ -426,12 +429,22 @@ async fn read_file(
             break;
         }
     }
-    let (hasher, size) = match (reading.inline, apart) {
-        (Some(inline), _) => inline,
-        (None, Some(apart)) => apart.finish().await?,
+    let read_at = std::time::Instant::now();
+    let (sha256, size) = match (reading.inline, apart) {
+        (Some((hasher, size)), _) => (hex::encode(hasher.finalize()), size),
+        (None, Some(apart)) => {
+            let (sha256, size, reused) = apart.finish().await?.finish();
+            tracing::debug!(
+                "{}: read; its sha256 done {:.3} s later, {} of it taken while it was written",
+                path.display(),
+                read_at.elapsed().as_secs_f64(),
+                crate::format::bytes(reused)
+            );
+            (sha256, size)
+        }
         (None, None) => anyhow::bail!("internal: {} was hashed neither inline nor apart", path.display()),
     };
-    let _ = tx.send(Ok(Piece::End { sha256: hex::encode(hasher.finalize()), size })).await;
+    let _ = tx.send(Ok(Piece::End { sha256, size })).await;
     Ok(())
 }
 
@@ -519,7 +532,7 @@ pub async fn store_files(
     let mut uploads = futures::stream::iter(0..snap.files.len())
         .map(|i| {
             let f = &snap.files[i];
-            let rx = spawn_reader(snap.dir.join(&f.rel), known.layout(&f.rel), window, bytes.clone());
+            let rx = spawn_reader(snap.dir.join(&f.rel), known.layout(&f.rel), f.ahead.clone(), window, bytes.clone());
             upload_file(store, known, marked, &probes[i], settings, f, rx).boxed()
         })
         .buffered(files_at_once.max(1));

@@ -272,3 +272,51 @@ fn a_command_that_finishes_during_an_eviction_leaves_its_final_checkpoint() {
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert_eq!(std::fs::read_to_string(back.join("state")).unwrap(), "final\n", "the final state was not captured\n{err}");
 }
+
+/// During an eviction the sha256 of a large file is taken while the trainer writes it
+/// (`hash_ahead`). What was read ahead is used only where the committed bytes are the
+/// same: here the trainer changes one byte in the 20th MiB after baton has read the whole
+/// file ahead, and the checkpoint must still name the file's true sha256, and restore it.
+#[test]
+fn a_file_changed_after_it_was_hashed_ahead_is_committed_with_its_true_hash() {
+    let store = tempfile::tempdir().unwrap();
+    let slot = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    // 40 MiB written on SIGTERM; two seconds for baton to read it ahead (tens of
+    // milliseconds of work); then one byte of it changed in place, and the commit.
+    let script = r#"
+        f=$BATON_CHECKPOINT_DIR/w.bin
+        on_term() {
+            head -c 41943040 /dev/urandom > $f
+            sleep 2
+            printf X | dd of=$f bs=1 seek=20000000 conv=notrunc 2>/dev/null
+            "$BATON_BIN" commit --epoch 1
+            exit 143
+        }
+        trap on_term TERM
+        echo ready
+        while :; do sleep 0.1; done"#;
+    let env = [("BATON_LOG".to_string(), "baton=debug".to_string())];
+    let mut child = spawn_run(slot.path(), s, "ahead", &env, &[], &["sh", "-c", script]);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+    send_signal(child.id(), libc::SIGTERM);
+    let out = output_of(child);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    // Blocks 0-18 were read ahead as committed; block 19 (from 19 MiB) changed after.
+    assert!(err.contains("w.bin: read; its sha256 done") && err.contains("19.0 MiB of it taken while it was written"), "{err}");
+    let live = std::fs::read(slot.path().join("checkpoint/w.bin")).unwrap();
+    let listed = baton().args(["inspect", "--store", s, "ahead", "1", "--json"]).output().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&live))
+    };
+    assert_eq!(m["files"][0]["sha256"].as_str(), Some(want.as_str()), "{m}");
+    let to = slot.path().join("restored");
+    let o = baton().args(["restore", "--store", s, "ahead", "--to", to.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(std::fs::read(to.join("w.bin")).unwrap() == live, "the restored file differs from the committed one");
+}

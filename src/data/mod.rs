@@ -304,7 +304,13 @@ pub async fn push(store: &Store, name: &DatasetName, dir: &Path, settings: &Push
             let path = root.join(&s.rel);
             let m = std::fs::metadata(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             // Held in place, like a checkpoint held by hard links: checked unchanged after.
-            files.push(crate::capture::SnapFile { rel: s.rel.clone(), size: m.len(), mode: m.permissions().mode() & 0o777, linked: true });
+            files.push(crate::capture::SnapFile {
+                rel: s.rel.clone(),
+                size: m.len(),
+                mode: m.permissions().mode() & 0o777,
+                linked: true,
+                ahead: None,
+            });
         }
         Ok(crate::capture::Snapshot { dir: root, files, stamps, seconds: 0.0 })
     })

@@ -10,6 +10,7 @@ use crate::chirp;
 use crate::commit;
 use crate::error::{ErrorKind, Failure};
 use crate::format;
+use crate::hash_ahead;
 use crate::manifest::Reason;
 use crate::upload::CommitInfo;
 
@@ -18,7 +19,12 @@ impl Supervisor {
     /// trainer may overwrite its files as soon as it has one.
     pub(super) async fn on_commit(&mut self, (req, reply): commit::Incoming) {
         let reason = if self.evicted() { Reason::Eviction } else { Reason::Commit };
-        let r = match self.capture(reason, req).await {
+        let r = self.capture(reason, req).await;
+        // Still draining: the trainer may save again before it exits.
+        if self.evicted() && self.hashing_ahead.is_none() {
+            self.hashing_ahead = Some(crate::hash_ahead::Follower::start(self.cfg.dir.clone()));
+        }
+        let r = match r {
             Ok(seq) => commit::Reply { ok: true, seq: Some(seq), error: None },
             Err(e) => {
                 tracing::error!("COMMIT FAILED: {e}");
@@ -41,7 +47,8 @@ impl Supervisor {
                 (Source::Same(same), None)
             }
             None => {
-                let snap = self.snapshot(seq, reason).await?;
+                let ahead = self.hashing_ahead.take();
+                let snap = self.snapshot(seq, reason, ahead).await?;
                 tracing::info!(
                     "captured checkpoint {seq} ({reason}{}): {} files, {} in {:.2} s",
                     req.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default(),
@@ -68,17 +75,25 @@ impl Supervisor {
         (now == before).then_some(seq)
     }
 
-    /// The checkpoint directory as it is now, in staging for `seq`.
-    async fn snapshot(&self, seq: u64, reason: Reason) -> Result<Snapshot, String> {
+    /// The checkpoint directory as it is now, in staging for `seq`, with what was read
+    /// ahead of its files during an eviction.
+    async fn snapshot(&self, seq: u64, reason: Reason, ahead: Option<hash_ahead::Follower>) -> Result<Snapshot, String> {
         let staging = self.state_dir.join("staging").join(seq.to_string());
         let _ = std::fs::remove_dir_all(&staging);
         let (src, dst) = (self.cfg.dir.clone(), staging.clone());
         // Once the command is being evicted or has finished, nobody writes its files again.
         let hold = if self.evicted() || reason == Reason::Final { capture::Hold::Link } else { capture::Hold::Copy };
-        let snap = tokio::task::spawn_blocking(move || capture::snapshot(&src, &dst, hold))
-            .await
-            .map_err(|e| format!("capture failed: {e}"))?
-            .map_err(|e| format!("capture failed: {e}"))?;
+        let snap = tokio::task::spawn_blocking(move || {
+            let ahead = ahead.map(hash_ahead::Follower::finish).unwrap_or_default();
+            let mut snap = capture::snapshot(&src, &dst, hold)?;
+            for (f, s) in snap.files.iter_mut().zip(&snap.stamps) {
+                f.ahead = ahead.get(&s.identity()).cloned();
+            }
+            Ok::<_, capture::CaptureError>(snap)
+        })
+        .await
+        .map_err(|e| format!("capture failed: {e}"))?
+        .map_err(|e| format!("capture failed: {e}"))?;
         if snap.files.is_empty() {
             snap.discard();
             return Err(format!("the checkpoint directory {} is empty; nothing to commit", self.cfg.dir.display()));

@@ -209,6 +209,9 @@ struct Supervisor {
     conflict: Option<crate::error::Failure>,
     /// MASTER_ADDR, NODE_RANK and the like, on several nodes.
     node_env: Vec<(String, String)>,
+    /// During an eviction, until the command commits or exits: hashing the files it
+    /// writes as it writes them (`hash_ahead`).
+    hashing_ahead: Option<crate::hash_ahead::Follower>,
 }
 
 impl Supervisor {
@@ -239,6 +242,7 @@ impl Supervisor {
             launched_at: std::time::Instant::now(),
             restarts: restarts::Restarts::default(),
             pending_restart: None,
+            hashing_ahead: None,
             family: String::new(),
             watcher: None,
             conflict: None,

@@ -77,6 +77,8 @@ impl Supervisor {
             let deadlines = Deadlines::new(since, self.cfg.vacate_window, self.cfg.trainer_share);
             self.phase = Phase::Draining { deadlines, at, signal: sig, killed: false };
             self.uploader.keep_newest_only();
+            // The trainer saves now: hash what it writes while it writes it.
+            self.hashing_ahead = Some(crate::hash_ahead::Follower::start(self.cfg.dir.clone()));
         }
         process::forward_to_group(self.child, fwd);
     }
@@ -114,6 +116,7 @@ impl Supervisor {
             },
             _ => {}
         }
+        self.hashing_ahead = None;
         Ok(ControlFlow::Break(exit))
     }
 
