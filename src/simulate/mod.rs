@@ -360,22 +360,7 @@ async fn report(opts: Options, run: RunId, outcome: &mut Outcome, reference: Opt
     let points: Vec<Point> = manifests.iter().map(Point::from).collect();
     let (rows, mut totals) = timeline::compute(&outcome.observed, &records, &points);
     totals.add_sizes(&manifests);
-    let verify = match reference {
-        Some(r) if outcome.completed => {
-            let reference_run = RunId::parse("reference").map_err(anyhow::Error::msg)?;
-            let (pass, message) = verify::compare(
-                &verify::latest(&opts.store, &run).await?,
-                &verify::latest(&r.store, &reference_run).await?,
-                &outcome.last_stdout,
-                &r.stdout,
-            );
-            Some(VerifyOutcome { pass, message, reference_seconds: r.seconds })
-        }
-        Some(r) => {
-            Some(VerifyOutcome { pass: false, message: "FAIL: the simulated run did not complete".into(), reference_seconds: r.seconds })
-        }
-        None => None,
-    };
+    let verify = verify::verdict(reference.as_ref(), outcome, &opts.store, &run, |s, r| Box::pin(verify::latest(s, r))).await?;
     let t0 = records.iter().map(|r| r.start.started).fold(f64::INFINITY, f64::min);
     let svg = timeline::svg::svg(&format!("baton simulate: run {run}"), t0, &rows, &points, &totals);
     Ok(Report {

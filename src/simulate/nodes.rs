@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::launch::{clear_slot, kill_family, spawn_baton};
 use super::schedule::Kind;
-use super::{evict, slots, verify, Options, Outcome, Reference, Report, Simulation, VerifyOutcome};
+use super::{evict, slots, verify, Options, Outcome, Reference, Report, Simulation};
 use crate::attempt;
 use crate::identity::RunId;
 use crate::nodes;
@@ -413,22 +413,7 @@ pub(super) async fn report(opts: Options, run: RunId, outcome: &mut Outcome, ref
     totals.goodput = if totals.wall_seconds > 0.0 { totals.useful_seconds / totals.wall_seconds } else { 0.0 };
     totals.work_lost_per_eviction = if totals.evictions > 0 { totals.work_lost_seconds / totals.evictions as f64 } else { 0.0 };
     totals.add_sizes(&parts);
-    let verify = match reference {
-        Some(r) if outcome.completed => {
-            let reference_run = RunId::parse("reference").map_err(anyhow::Error::msg)?;
-            let (pass, message) = verify::compare(
-                &latest_complete(&opts.store, &run).await?,
-                &latest_complete(&r.store, &reference_run).await?,
-                &outcome.last_stdout,
-                &r.stdout,
-            );
-            Some(VerifyOutcome { pass, message, reference_seconds: r.seconds })
-        }
-        Some(r) => {
-            Some(VerifyOutcome { pass: false, message: "FAIL: the simulated run did not complete".into(), reference_seconds: r.seconds })
-        }
-        None => None,
-    };
+    let verify = verify::verdict(reference.as_ref(), outcome, &opts.store, &run, |s, r| Box::pin(latest_complete(s, r))).await?;
     let all_points: Vec<Point> = points.into_iter().flatten().collect();
     let svg = timeline::svg::svg(&format!("baton simulate: run {run} on {count} nodes"), t0, &rows, &all_points, &totals);
     Ok(Report {

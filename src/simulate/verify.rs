@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+use futures::future::BoxFuture;
+
+use super::{Outcome, Reference, VerifyOutcome};
 use crate::identity::RunId;
 use crate::manifest::Manifest;
 use crate::restore::load_manifest;
@@ -11,6 +14,28 @@ use crate::store::Store;
 
 fn digest_line(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()?.lines().rev().find(|l| l.to_ascii_lowercase().contains("digest")).map(|l| l.trim().to_string())
+}
+
+/// How a run's final checkpoint is found: the newest manifest on one node, the newest
+/// complete checkpoint on several.
+pub type Latest = for<'a> fn(&'a Store, &'a RunId) -> BoxFuture<'a, anyhow::Result<Manifest>>;
+
+/// `--verify`'s verdict, when there is a reference run to compare with.
+pub async fn verdict(
+    reference: Option<&Reference>,
+    outcome: &Outcome,
+    store: &Store,
+    run: &RunId,
+    latest: Latest,
+) -> anyhow::Result<Option<VerifyOutcome>> {
+    let Some(r) = reference else { return Ok(None) };
+    if !outcome.completed {
+        let message = "FAIL: the simulated run did not complete".into();
+        return Ok(Some(VerifyOutcome { pass: false, message, reference_seconds: r.seconds }));
+    }
+    let reference_run = RunId::parse("reference").map_err(anyhow::Error::msg)?;
+    let (pass, message) = compare(&latest(store, run).await?, &latest(&r.store, &reference_run).await?, &outcome.last_stdout, &r.stdout);
+    Ok(Some(VerifyOutcome { pass, message, reference_seconds: r.seconds }))
 }
 
 pub async fn latest(store: &Store, run: &RunId) -> anyhow::Result<Manifest> {
