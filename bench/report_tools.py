@@ -47,7 +47,9 @@ def main():
     w("s3s-fs 0.14.1 (disk-backed S3, on 127.0.0.1), by baton and by the tools users would pick")
     w("instead, on the same data and server, in one run, repetitions interleaved. Produced by:\n")
     w("```")
-    w(os.environ.get("BENCH_COMMAND", f"BENCH_MB={mib:.0f} BENCH_REPS={reps} make bench-tools"))
+    every = "limits baton aws aws-tuned tarzstd rclone restic incremental latency flush throughput"
+    which = "" if tools.split() == every.split() else f'TOOLS="{tools}" '
+    w(os.environ.get("BENCH_COMMAND") or f"BENCH_MB={mib:.0f} BENCH_REPS={reps} {which}make bench-tools")
     w("```\n")
     w("The script is `bench/compare.sh` (it installs s3s-fs, rclone, restic and the aws CLI when")
     w("missing); raw timings and logs are in `bench-out/tools/`. Every restore is compared with")
