@@ -172,6 +172,20 @@ fn an_upload_in_flight_is_dropped_for_a_newer_eviction_commit() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
+/// A shell trainer under `baton run` that waits for SIGTERM, then runs `on_term` (with `$f`
+/// the file `w.bin` in its checkpoint directory) and exits 143; how baton ended.
+fn evicted_once_ready(slot: &std::path::Path, store: &str, run: &str, env: &[(String, String)], on_term: &str) -> std::process::Output {
+    let script = format!(
+        "f=$BATON_CHECKPOINT_DIR/w.bin\non_term() {{ {on_term}\n exit 143\n}}\ntrap on_term TERM\necho ready\nwhile :; do sleep 0.1; done"
+    );
+    let mut child = spawn_run(slot, store, run, env, &[], &["sh", "-c", &script]);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+    send_signal(child.id(), libc::SIGTERM);
+    output_of(child)
+}
+
 /// During an eviction baton holds the committed files by hard link instead of copying
 /// them (the trainer is about to exit). A trainer that writes them again anyway must not
 /// get a checkpoint of mixed bytes: the upload notices and does not commit it.
@@ -180,23 +194,11 @@ fn files_written_again_during_an_eviction_flush_are_never_committed_mixed() {
     let store = tempfile::tempdir().unwrap();
     let slot = tempfile::tempdir().unwrap();
     let s = store.path().to_str().unwrap();
-    let script = r#"
-        f=$BATON_CHECKPOINT_DIR/w.bin
-        on_term() {
+    let on_term = r#"
             head -c 67108864 /dev/zero | tr '\0' a > $f
             "$BATON_BIN" commit --epoch 1
-            for i in 1 2 3 4 5 6 7 8; do head -c 67108864 /dev/zero | tr '\0' b > $f; done
-            exit 143
-        }
-        trap on_term TERM
-        echo ready
-        while :; do sleep 0.1; done"#;
-    let mut child = spawn_run(slot.path(), s, "rewriter", &[], &[], &["sh", "-c", script]);
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
-    assert_eq!(first.trim(), "ready");
-    send_signal(child.id(), libc::SIGTERM);
-    let out = output_of(child);
+            for i in 1 2 3 4 5 6 7 8; do head -c 67108864 /dev/zero | tr '\0' b > $f; done"#;
+    let out = evicted_once_ready(slot.path(), s, "rewriter", &[], on_term);
     let err = text(&out.stderr);
     let listed = baton().args(["inspect", "--store", s, "rewriter", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
@@ -284,25 +286,13 @@ fn a_file_changed_after_it_was_hashed_ahead_is_committed_with_its_true_hash() {
     let s = store.path().to_str().unwrap();
     // 40 MiB written on SIGTERM; two seconds for baton to read it ahead (tens of
     // milliseconds of work); then one byte of it changed in place, and the commit.
-    let script = r#"
-        f=$BATON_CHECKPOINT_DIR/w.bin
-        on_term() {
+    let on_term = r#"
             head -c 41943040 /dev/urandom > $f
             sleep 2
             printf X | dd of=$f bs=1 seek=20000000 conv=notrunc 2>/dev/null
-            "$BATON_BIN" commit --epoch 1
-            exit 143
-        }
-        trap on_term TERM
-        echo ready
-        while :; do sleep 0.1; done"#;
+            "$BATON_BIN" commit --epoch 1"#;
     let env = [("BATON_LOG".to_string(), "baton=debug".to_string())];
-    let mut child = spawn_run(slot.path(), s, "ahead", &env, &[], &["sh", "-c", script]);
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
-    assert_eq!(first.trim(), "ready");
-    send_signal(child.id(), libc::SIGTERM);
-    let out = output_of(child);
+    let out = evicted_once_ready(slot.path(), s, "ahead", &env, on_term);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{err}");
     // Blocks 0-18 were read ahead as committed; block 19 (from 19 MiB) changed after.
