@@ -2,7 +2,7 @@
 //! the trainer is still writing it, so that the flush after its commit has less left to
 //! hash.
 //!
-//! A file's sha256 is a chain: one core, about 1.7 GB/s here, and it can only start once
+//! A file's sha256 is a chain: one core, about 1.8 GB/s here, and it can only start once
 //! the bytes are there. It is the serial part of an eviction flush (for a checkpoint that
 //! changed in places, nearly all of it; docs/performance.md), and it used to begin at the
 //! commit, after the trainer's own save on SIGTERM, which takes a good part of the same
