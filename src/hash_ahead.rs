@@ -190,10 +190,14 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Call it before the trainer can act on the signal: the files as they are now are
+    /// what "changed since" is measured against (a look taken later, by a thread that
+    /// started late, could take a file the trainer had just written for an old one).
     pub fn start(dir: PathBuf) -> Follower {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("baton-hash-ahead".into()).spawn(move || follow(dir, &flag));
+        let watch = Watch::new(dir);
+        let thread = std::thread::Builder::new().name("baton-hash-ahead".into()).spawn(move || follow(watch, &flag));
         match thread {
             Ok(thread) => Follower { stop, thread: Some(thread) },
             Err(e) => {
@@ -272,8 +276,7 @@ impl Watch {
     }
 }
 
-fn follow(dir: PathBuf, stop: &AtomicBool) -> HashMap<Identity, Ahead> {
-    let mut watch = Watch::new(dir);
+fn follow(mut watch: Watch, stop: &AtomicBool) -> HashMap<Identity, Ahead> {
     let mut nap = NAP_FIRST;
     while !stop.load(Ordering::Relaxed) {
         if watch.look(stop) {

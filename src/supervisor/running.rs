@@ -77,7 +77,8 @@ impl Supervisor {
             let deadlines = Deadlines::new(since, self.cfg.vacate_window, self.cfg.trainer_share);
             self.phase = Phase::Draining { deadlines, at, signal: sig, killed: false };
             self.uploader.keep_newest_only();
-            // The trainer saves now: hash what it writes while it writes it.
+            // The trainer saves now: hash what it writes while it writes it (the files as
+            // they are before it hears of the signal are the ones to tell changes from).
             self.hashing_ahead = Some(crate::hash_ahead::Follower::start(self.cfg.dir.clone()));
         }
         process::forward_to_group(self.child, fwd);
