@@ -35,6 +35,7 @@ pub mod timeline;
 pub mod upload;
 pub mod verify;
 pub mod watcher;
+pub mod window;
 
 // Upload and restore against the in-memory store, in process: the engine end to end.
 #[cfg(test)]

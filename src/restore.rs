@@ -16,6 +16,7 @@ use crate::error::{Classify, ErrorKind, Failure};
 use crate::identity::RunId;
 use crate::manifest::{FileEntry, Manifest};
 use crate::store::{KnownChunks, Store, StoreError};
+use crate::window;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -175,22 +176,13 @@ const RATE_TO_COVER: u64 = 640 << 20;
 /// Files written at once. Each is hashed whole, in order, on its own thread, so a
 /// checkpoint of weights and optimizer state keeps several hashers busy.
 const FILES_AT_ONCE: usize = 4;
-/// The window is counted in units of this many bytes (a semaphore's permits).
-const UNIT: u64 = 64 << 10;
 
 /// The byte window a read from a store `rtt` away needs: [`WINDOW_BYTES`], plus what
 /// [`RATE_TO_COVER`] brings in one round trip, up to [`WINDOW_MAX`]. At 50 ms of added
 /// round trip a restore from a local S3 server reached 0.83 of its speed without it in
 /// 48 MiB, 0.94 in 64 (docs/performance.md).
 fn window_for_round_trip(rtt: Option<std::time::Duration>) -> u64 {
-    window_covering(WINDOW_BYTES, rtt.unwrap_or_default(), RATE_TO_COVER, WINDOW_MAX)
-}
-
-/// A pipeline's byte window for a store `rtt` away: `base` (what the pipeline needs
-/// near the store), plus what `rate` moves in one round trip, up to `max`. Restore's
-/// and upload's windows both grow this way.
-pub(crate) fn window_covering(base: u64, rtt: std::time::Duration, rate: u64, max: u64) -> u64 {
-    (base + (rate as f64 * rtt.as_secs_f64()) as u64).min(max)
+    window::covering(WINDOW_BYTES, rtt.unwrap_or_default(), RATE_TO_COVER, WINDOW_MAX)
 }
 
 /// About one round trip to the store, to size a read's window: the quicker of two
@@ -211,10 +203,6 @@ async fn round_trip(store: &Store, files: &[FileEntry]) -> Option<std::time::Dur
         quickest = Some(quickest.map_or(took, |q| q.min(took)));
     }
     quickest
-}
-
-fn units(size: u64, window: u64) -> u32 {
-    size.div_ceil(UNIT).clamp(1, window / UNIT) as u32
 }
 
 /// A checked chunk on its way to its file's writer, holding its share of the window
@@ -327,7 +315,7 @@ where
     let rtt = round_trip(store, files).await;
     let window_bytes = window_for_round_trip(rtt);
     tracing::debug!("reading with {} MiB of chunks in flight (round trip {rtt:?})", window_bytes >> 20);
-    let window = std::sync::Arc::new(tokio::sync::Semaphore::new((window_bytes / UNIT) as usize));
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(window::permits(window_bytes)));
     let mut writers: Vec<Option<Writer<W>>> = files.iter().map(|_| None).collect();
     let mut order = Schedule::new(files);
     type Fetched = (usize, usize, Result<Vec<u8>, RestoreError>, tokio::sync::OwnedSemaphorePermit);
@@ -343,7 +331,7 @@ where
         }
         let room = async {
             match next {
-                Some((fi, ci)) => window.clone().acquire_many_owned(units(files[fi].chunks[ci].size, window_bytes)).await,
+                Some((fi, ci)) => window.clone().acquire_many_owned(window::units(files[fi].chunks[ci].size, window_bytes)).await,
                 None => std::future::pending().await,
             }
         };
@@ -591,9 +579,13 @@ mod tests {
     #[test]
     fn the_read_window_covers_the_round_trip_up_to_its_bound() {
         assert_eq!(window_for_round_trip(None), WINDOW_BYTES, "a small read, or a store that did not answer");
-        assert!(window_for_round_trip(Some(Duration::from_micros(500))) < WINDOW_BYTES + UNIT * 8, "a near server: about the base");
+        assert!(window_for_round_trip(Some(Duration::from_micros(500))) < WINDOW_BYTES + window::UNIT * 8, "a near server: about the base");
         assert_eq!(window_for_round_trip(Some(Duration::from_millis(50))), WINDOW_BYTES + (32 << 20));
         assert_eq!(window_for_round_trip(Some(Duration::from_secs(2))), WINDOW_MAX);
-        assert_eq!(units(WINDOW_MAX, WINDOW_BYTES) as u64, WINDOW_BYTES / UNIT, "one chunk never needs more than the window");
+        assert_eq!(
+            window::units(WINDOW_MAX, WINDOW_BYTES) as u64,
+            WINDOW_BYTES / window::UNIT,
+            "one chunk never needs more than the window"
+        );
     }
 }

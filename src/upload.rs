@@ -22,6 +22,7 @@ use crate::manifest::{ChunkRef, FileEntry, Manifest, Reason, Sizes, FORMAT};
 use crate::priority;
 use crate::restore;
 use crate::store::{Damaged, KnownChunks, PutOutcome, Store, StoreError};
+use crate::window::{self, UNIT};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -139,7 +140,7 @@ impl Probe {
 /// (what the local disk or a near server needs), plus what [`RATE_TO_COVER`] sends in
 /// one round trip, up to [`WINDOW_MAX`].
 fn window_for_round_trip(rtt: std::time::Duration) -> u64 {
-    restore::window_covering(WINDOW_BYTES, rtt, RATE_TO_COVER, WINDOW_MAX)
+    window::covering(WINDOW_BYTES, rtt, RATE_TO_COVER, WINDOW_MAX)
 }
 
 /// What the store holds under a chunk's name, asked before sending it.
@@ -279,7 +280,6 @@ const RATE_TO_COVER: u64 = 640 << 20;
 /// checkpoint of weights and optimizer state keeps both cores busy, and the window
 /// does not drain at each file's end.
 const FILES_AT_ONCE: usize = 3;
-const UNIT: u64 = 64 << 10;
 
 /// Files at least this large have their sha256 taken beside the reader's cutting, one
 /// chunk at a time, rather than in the reader's own steps: on the eviction flush of a
@@ -390,7 +390,7 @@ async fn read_file(
     let opening = path.to_path_buf();
     let mut reading = priority::run(move || Reading::open(&opening, hint)).await??;
     let apart = reading.inline.is_none().then(|| HashApart::spawn(ahead));
-    let units = |size: u64| size.div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
+    let units = |size: u64| window::units(size, WINDOW_BYTES);
     loop {
         // The next chunk's place in the window is taken before it is read, for the most
         // it can hold, and given back down to its size once it is cut: a reader waiting
@@ -525,7 +525,7 @@ pub async fn store_files(
     let window = settings.concurrency.max(1);
     // The damage markers (see `store::damage`), read once per upload.
     let marked = &store.damaged_chunks().await?;
-    let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize));
+    let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(window::permits(WINDOW_BYTES)));
     let probe = Probe::new(bytes.clone());
     let probes: &Vec<Probe> = &snap.files.iter().map(|_| probe.for_another_file()).collect();
     // By index: a closure over `&SnapFile` makes the future not `Send` for every lifetime.

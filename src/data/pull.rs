@@ -22,12 +22,12 @@ use crate::capture::join_inside;
 use crate::manifest::{ChunkRef, FileEntry};
 use crate::restore::{self, RestoreError};
 use crate::store::{KnownChunks, Store};
+use crate::window;
 
 /// Chunks fetched at once by default: a dataset of small files is bound by round trips.
 pub const CONCURRENCY: usize = 32;
 /// Bytes of chunks fetched and not yet in the cache.
 const WINDOW_BYTES: u64 = 64 << 20;
-const UNIT: u64 = 64 << 10;
 /// Files written from the cache at once (each holds one chunk in memory at a time).
 const WRITERS: usize = 8;
 
@@ -115,7 +115,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         let _slot = self.fetch.acquire().await;
-        let units = c.size.div_ceil(UNIT).clamp(1, WINDOW_BYTES / UNIT) as u32;
+        let units = window::units(c.size, WINDOW_BYTES);
         let _room = self.window.acquire_many(units).await;
         let hash = c.hash.clone();
         let cache_ref = cache.clone();
@@ -258,7 +258,7 @@ async fn pull_files(store: &Store, m: &DatasetManifest, work: &Path, settings: &
         name: &name,
         version: m.version,
         fetch: tokio::sync::Semaphore::new(concurrency),
-        window: tokio::sync::Semaphore::new((WINDOW_BYTES / UNIT) as usize),
+        window: tokio::sync::Semaphore::new(window::permits(WINDOW_BYTES)),
         writers: tokio::sync::Semaphore::new(WRITERS),
         stats: Mutex::default(),
     };
